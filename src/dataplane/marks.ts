@@ -1,0 +1,12 @@
+/**
+ * Packet mark contract between the verdict loop and the rule backends.
+ *
+ * A denied TCP or UDP packet gets verdict NF_REPEAT with DENY_MARK set. The backend's chain
+ * rejects marked packets first (TCP reset, ICMP port unreachable), so the client fails fast
+ * instead of waiting for a timeout. The queue rule itself never matches a marked packet, so even
+ * if the reject rule were missing a marked packet cannot loop back into the queue.
+ *
+ * The bit is chosen clear of kube-proxy's 0x4000/0x8000 and Calico's high bits in common setups;
+ * `--deny-mark` overrides it.
+ */
+export const DEFAULT_DENY_MARK = 0x00100000;

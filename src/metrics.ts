@@ -1,0 +1,122 @@
+/**
+ * Every Prometheus metric kube-netpol exports, defined in one place on one Registry of our own
+ * (prom-client's default process metrics read zeroes under Deno, so they are not collected).
+ *
+ * Names users of the original project have dashboards on are kept as they were (microseconds, no
+ * `_total`); everything added follows Prometheus conventions (base units, `_total` counters).
+ * No label ever carries a pod name or an IP address: cardinality stays fixed.
+ */
+import { Counter, Gauge, Histogram, Registry, Summary } from "prom-client";
+
+/** Microsecond buckets for the original packet_process_time histogram. */
+const PACKET_MICROS_BUCKETS = [5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000];
+
+export class AgentMetrics {
+  readonly registry = new Registry();
+
+  // --- names kept from the original project ---
+  readonly packetProcessTime = new Histogram({
+    name: "packet_process_time",
+    help: "Time it has taken to process each packet (microseconds)",
+    labelNames: ["verdict", "protocol", "family"] as const,
+    buckets: PACKET_MICROS_BUCKETS,
+    registers: [this.registry],
+  });
+  readonly packetProcessDuration = new Summary({
+    name: "packet_process_duration_microseconds",
+    help: "A summary of the packet processing durations in microseconds",
+    percentiles: [0.5, 0.9, 0.99],
+    maxAgeSeconds: 600,
+    ageBuckets: 5,
+    registers: [this.registry],
+  });
+  readonly packetCount = new Counter({
+    name: "packet_count",
+    help: "Number of packets",
+    labelNames: ["verdict", "protocol", "family"] as const,
+    registers: [this.registry],
+  });
+  readonly nfqueueQueueTotal = new Gauge({
+    name: "nfqueue_queue_total",
+    help: "The number of packets currently queued and waiting to be processed by the application",
+    labelNames: ["queue"] as const,
+    registers: [this.registry],
+  });
+  readonly nfqueueQueueDropped = new Gauge({
+    name: "nfqueue_queue_dropped",
+    help: "Number of packets that had to be dropped by the kernel because too many packets are " +
+      "already waiting for user space to send back the mandatory accept/drop verdicts",
+    labelNames: ["queue"] as const,
+    registers: [this.registry],
+  });
+  readonly nfqueueUserDropped = new Gauge({
+    name: "nfqueue_user_dropped",
+    help: "Number of packets that were dropped within the netlink subsystem. Such drops usually " +
+      "happen when the corresponding socket buffer is full; that is, user space is not able to " +
+      "read messages fast enough",
+    labelNames: ["queue"] as const,
+    registers: [this.registry],
+  });
+  readonly nfqueuePacketId = new Gauge({
+    name: "nfqueue_packet_id",
+    help: "ID of the most recent packet queued",
+    labelNames: ["queue"] as const,
+    registers: [this.registry],
+  });
+
+  // --- added, Prometheus conventions ---
+  readonly verdicts = new Counter({
+    name: "kube_netpol_verdicts_total",
+    help: "Per-direction policy verdicts on queued packets",
+    labelNames: ["direction", "verdict"] as const,
+    registers: [this.registry],
+  });
+  readonly parseFailures = new Counter({
+    name: "kube_netpol_packet_parse_failures_total",
+    help:
+      "Queued packets that could not be parsed, by reason; they get the fail-open/closed verdict",
+    labelNames: ["reason"] as const,
+    registers: [this.registry],
+  });
+  readonly ruleSyncDuration = new Histogram({
+    name: "kube_netpol_rule_sync_duration_seconds",
+    help: "Time to bring the kernel's queue rules and sets in line with policy state",
+    labelNames: ["backend"] as const,
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+    registers: [this.registry],
+  });
+  readonly ruleSyncErrors = new Counter({
+    name: "kube_netpol_rule_sync_errors_total",
+    help: "Rule syncs that failed (they are retried)",
+    labelNames: ["backend"] as const,
+    registers: [this.registry],
+  });
+  readonly policies = new Gauge({
+    name: "kube_netpol_policies",
+    help: "NetworkPolicies currently enforced",
+    registers: [this.registry],
+  });
+  readonly invalidObjects = new Gauge({
+    name: "kube_netpol_invalid_objects",
+    help: "Objects currently rejected as invalid (see the logs for file, object and field)",
+    registers: [this.registry],
+  });
+  readonly queuedPods = new Gauge({
+    name: "kube_netpol_queued_pod_ips",
+    help: "Local pod IPs whose new connections are queued to user space, by direction",
+    labelNames: ["direction"] as const,
+    registers: [this.registry],
+  });
+  readonly informerUp = new Gauge({
+    name: "kube_netpol_informer_up",
+    help: "1 when the informer for a kind is running and synced, else 0",
+    labelNames: ["kind"] as const,
+    registers: [this.registry],
+  });
+  readonly informerRestarts = new Counter({
+    name: "kube_netpol_informer_restarts_total",
+    help: "Informer restarts after errors or stalled watches",
+    labelNames: ["kind", "cause"] as const,
+    registers: [this.registry],
+  });
+}

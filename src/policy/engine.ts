@@ -1,0 +1,459 @@
+/**
+ * The policy engine: NetworkPolicy v1 semantics over an in-memory view of pods, namespaces and
+ * policies. Pure: no I/O, no clocks. Every state change is applied incrementally to indexes, so a
+ * verdict costs one IP lookup per side plus the rules of the few policies selecting the pod.
+ *
+ * Indexes kept up to date on every change:
+ *   - pod by IP (the Running pod wins when two pods claim one IP);
+ *   - for each pod, the policies selecting it for ingress and for egress (sorted by key);
+ *   - pods by namespace (to re-select when a policy changes) and by node (for rule sync).
+ * Peer selectors are evaluated at verdict time against the one peer pod, which is a handful of map
+ * lookups, so namespace or pod label changes need no re-indexing of peers.
+ */
+import { canonicalIP, type ParsedIP, parseIP } from "./cidr.ts";
+import {
+  type CompiledPeer,
+  type CompiledPolicy,
+  type CompiledPort,
+  type CompiledRule,
+  compilePolicy,
+} from "./compile.ts";
+import { type Labels, toLabels } from "./selector.ts";
+import type {
+  Connection,
+  Decision,
+  DirectionResult,
+  Namespace,
+  NetworkPolicy,
+  ObjectError,
+  Pod,
+  Protocol,
+} from "./types.ts";
+
+/** The engine's view of one pod: only what verdicts need. */
+interface PodEntry {
+  key: string;
+  namespace: string;
+  name: string;
+  labels: Labels;
+  nodeName: string | undefined;
+  hostNetwork: boolean;
+  /** Pod IPs this pod may own (none for hostNetwork, Succeeded or Failed pods). */
+  ips: string[];
+  hostIPs: ReadonlySet<string>;
+  running: boolean;
+  /** containerPort by "name/protocol", for named ports. */
+  namedPorts: ReadonlyMap<string, number>;
+  ingress: CompiledPolicy[];
+  egress: CompiledPolicy[];
+}
+
+const NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name";
+const NOT_JUDGED: DirectionResult = { verdict: "allow", reason: { kind: "not-judged" } };
+const NOT_A_POD: DirectionResult = { verdict: "allow", reason: { kind: "not-a-pod" } };
+
+export interface EngineStats {
+  pods: number;
+  namespaces: number;
+  policies: number;
+}
+
+export class PolicyEngine {
+  private readonly namespaces = new Map<string, Labels>();
+  private readonly pods = new Map<string, PodEntry>();
+  private readonly podsByNamespace = new Map<string, Set<PodEntry>>();
+  private readonly podsByNode = new Map<string, Set<PodEntry>>();
+  /** Every pod claiming an IP; `owner` holds the one that wins. */
+  private readonly claims = new Map<string, PodEntry[]>();
+  private readonly owner = new Map<string, PodEntry>();
+  private readonly policies = new Map<string, CompiledPolicy>();
+  private readonly policiesByNamespace = new Map<string, Map<string, CompiledPolicy>>();
+  private _generation = 0;
+
+  /** Increases on every change that can alter a verdict or the queued set. */
+  get generation(): number {
+    return this._generation;
+  }
+
+  // ---------------------------------------------------------------- namespaces
+
+  upsertNamespace(ns: Namespace): ObjectError[] {
+    const name = ns?.metadata?.name;
+    if (typeof name !== "string" || name === "") {
+      return [{ object: "Namespace <unnamed>", field: "metadata.name", message: "is required" }];
+    }
+    const labels = toLabels(ns.metadata.labels);
+    // The API server always sets this label; manifests written by hand often omit it.
+    labels.set(NAMESPACE_NAME_LABEL, name);
+    this.namespaces.set(name, labels);
+    this._generation++;
+    return [];
+  }
+
+  deleteNamespace(name: string): void {
+    if (this.namespaces.delete(name)) this._generation++;
+  }
+
+  private namespaceLabels(name: string): Labels {
+    let labels = this.namespaces.get(name);
+    if (!labels) {
+      // A namespace we have not seen (yet) still has its name label.
+      labels = new Map([[NAMESPACE_NAME_LABEL, name]]);
+    }
+    return labels;
+  }
+
+  // ---------------------------------------------------------------- pods
+
+  upsertPod(pod: Pod): ObjectError[] {
+    const name = pod?.metadata?.name;
+    const namespace = pod?.metadata?.namespace ?? "default";
+    const object = `Pod ${namespace}/${name ?? "<unnamed>"}`;
+    if (typeof name !== "string" || name === "") {
+      return [{ object, field: "metadata.name", message: "is required" }];
+    }
+    const errors: ObjectError[] = [];
+    const key = `${namespace}/${name}`;
+    const phase = pod.status?.phase;
+    const ownsIPs = !pod.spec?.hostNetwork && phase !== "Succeeded" && phase !== "Failed";
+    const ips: string[] = [];
+    if (ownsIPs) {
+      const texts = pod.status?.podIPs?.length
+        ? pod.status.podIPs.map((p, i) => [p?.ip, `status.podIPs[${i}].ip`] as const)
+        : pod.status?.podIP
+        ? [[pod.status.podIP, "status.podIP"] as const]
+        : [];
+      for (const [text, field] of texts) {
+        const ip = typeof text === "string" ? canonicalIP(text) : null;
+        if (ip === null) {
+          errors.push({ object, field, message: `invalid IP ${JSON.stringify(text)}` });
+        } else if (!ips.includes(ip)) ips.push(ip);
+      }
+    }
+    const hostIPs = new Set<string>();
+    for (const text of [pod.status?.hostIP, ...(pod.status?.hostIPs ?? []).map((h) => h?.ip)]) {
+      const ip = typeof text === "string" ? canonicalIP(text) : null;
+      if (ip) hostIPs.add(ip);
+    }
+    const namedPorts = new Map<string, number>();
+    const containers = [...(pod.spec?.containers ?? []), ...(pod.spec?.initContainers ?? [])];
+    containers.forEach((c, ci) => {
+      (c?.ports ?? []).forEach((p, pi) => {
+        if (!p?.name) return;
+        if (!Number.isInteger(p.containerPort) || p.containerPort < 1 || p.containerPort > 65535) {
+          errors.push({
+            object,
+            field: `spec.containers[${ci}].ports[${pi}].containerPort`,
+            message: `must be between 1 and 65535, not ${p.containerPort}`,
+          });
+          return;
+        }
+        const k = `${p.name}/${p.protocol ?? "TCP"}`;
+        if (!namedPorts.has(k)) namedPorts.set(k, p.containerPort);
+      });
+    });
+
+    const entry: PodEntry = {
+      key,
+      namespace,
+      name,
+      labels: toLabels(pod.metadata.labels),
+      nodeName: pod.spec?.nodeName || undefined,
+      hostNetwork: pod.spec?.hostNetwork === true,
+      ips,
+      hostIPs,
+      running: phase === "Running",
+      namedPorts,
+      ingress: [],
+      egress: [],
+    };
+    // hostNetwork pods are node endpoints: no policy selects them, they are never queued.
+    if (!entry.hostNetwork) this.selectPoliciesFor(entry);
+    this.removePod(key);
+    this.pods.set(key, entry);
+    addToIndex(this.podsByNamespace, namespace, entry);
+    if (entry.nodeName) addToIndex(this.podsByNode, entry.nodeName, entry);
+    for (const ip of ips) {
+      const list = this.claims.get(ip) ?? [];
+      list.push(entry);
+      this.claims.set(ip, list);
+      this.electOwner(ip);
+    }
+    this._generation++;
+    return errors;
+  }
+
+  deletePod(namespace: string, name: string): void {
+    if (this.removePod(`${namespace}/${name}`)) this._generation++;
+  }
+
+  private removePod(key: string): boolean {
+    const old = this.pods.get(key);
+    if (!old) return false;
+    this.pods.delete(key);
+    removeFromIndex(this.podsByNamespace, old.namespace, old);
+    if (old.nodeName) removeFromIndex(this.podsByNode, old.nodeName, old);
+    for (const ip of old.ips) {
+      const list = (this.claims.get(ip) ?? []).filter((p) => p !== old);
+      if (list.length) this.claims.set(ip, list);
+      else this.claims.delete(ip);
+      this.electOwner(ip);
+    }
+    return true;
+  }
+
+  /** Two pods with one IP (a finished pod's IP reused): the Running one owns it. */
+  private electOwner(ip: string): void {
+    const list = this.claims.get(ip);
+    if (!list?.length) {
+      this.owner.delete(ip);
+      return;
+    }
+    this.owner.set(ip, list.find((p) => p.running) ?? list[list.length - 1]!);
+  }
+
+  private selectPoliciesFor(pod: PodEntry): void {
+    const inNamespace = this.policiesByNamespace.get(pod.namespace);
+    if (!inNamespace) return;
+    for (const policy of inNamespace.values()) {
+      if (!policy.podSelector.matches(pod.labels)) continue;
+      if (policy.ingress) pod.ingress.push(policy);
+      if (policy.egress) pod.egress.push(policy);
+    }
+    pod.ingress.sort(byKey);
+    pod.egress.sort(byKey);
+  }
+
+  // ---------------------------------------------------------------- policies
+
+  /**
+   * Apply a policy. An invalid policy is not applied and its errors are returned; a previously
+   * applied version of it stays in force (a bad edit never silently opens or closes traffic).
+   */
+  upsertPolicy(np: NetworkPolicy, source?: string): ObjectError[] {
+    const { policy, errors } = compilePolicy(np, source);
+    if (!policy) return errors;
+    this.removePolicy(policy.key);
+    this.policies.set(policy.key, policy);
+    let inNamespace = this.policiesByNamespace.get(policy.namespace);
+    if (!inNamespace) this.policiesByNamespace.set(policy.namespace, inNamespace = new Map());
+    inNamespace.set(policy.key, policy);
+    for (const pod of this.podsByNamespace.get(policy.namespace) ?? []) {
+      if (pod.hostNetwork || !policy.podSelector.matches(pod.labels)) continue;
+      if (policy.ingress) insertSorted(pod.ingress, policy);
+      if (policy.egress) insertSorted(pod.egress, policy);
+    }
+    this._generation++;
+    return [];
+  }
+
+  deletePolicy(namespace: string, name: string): void {
+    if (this.removePolicy(`${namespace}/${name}`)) this._generation++;
+  }
+
+  private removePolicy(key: string): boolean {
+    const old = this.policies.get(key);
+    if (!old) return false;
+    this.policies.delete(key);
+    this.policiesByNamespace.get(old.namespace)?.delete(key);
+    for (const pod of this.podsByNamespace.get(old.namespace) ?? []) {
+      const i = pod.ingress.indexOf(old);
+      if (i >= 0) pod.ingress.splice(i, 1);
+      const e = pod.egress.indexOf(old);
+      if (e >= 0) pod.egress.splice(e, 1);
+    }
+    return true;
+  }
+
+  // ---------------------------------------------------------------- verdicts
+
+  /**
+   * Judge a new connection. It is allowed iff the source side allows it as egress and the
+   * destination side allows it as ingress. With `node`, only the sides whose pod runs on that
+   * node are judged (each node judges its own pods, so no direction is judged twice).
+   */
+  evaluate(conn: Connection, node?: string): Decision {
+    const src = this.owner.get(conn.src);
+    const dst = this.owner.get(conn.dst);
+    const lazy = new LazyIPs(conn);
+    const egress = !src
+      ? NOT_A_POD
+      : node !== undefined && src.nodeName !== node
+      ? NOT_JUDGED
+      : this.judge("egress", src, src.egress, conn, dst, lazy);
+    const ingress = !dst
+      ? NOT_A_POD
+      : node !== undefined && dst.nodeName !== node
+      ? NOT_JUDGED
+      : dst.ingress.length && dst.hostIPs.has(conn.src)
+      ? { verdict: "allow" as const, reason: { kind: "from-own-node" as const, pod: dst.key } }
+      : this.judge("ingress", dst, dst.ingress, conn, src, lazy);
+    const verdict = egress.verdict === "allow" && ingress.verdict === "allow" ? "allow" : "deny";
+    return { verdict, egress, ingress, srcPod: src?.key, dstPod: dst?.key };
+  }
+
+  /**
+   * One direction for one pod. `peer` is the pod at the other end, if any; ports are always
+   * resolved on the connection's destination pod (for ingress that is `pod`, for egress `peer`).
+   */
+  private judge(
+    direction: "ingress" | "egress",
+    pod: PodEntry,
+    selecting: CompiledPolicy[],
+    conn: Connection,
+    peer: PodEntry | undefined,
+    ips: LazyIPs,
+  ): DirectionResult {
+    if (selecting.length === 0) {
+      return { verdict: "allow", reason: { kind: "not-isolated", pod: pod.key } };
+    }
+    const dstPod = direction === "ingress" ? pod : peer;
+    const peerIP = direction === "ingress" ? "src" : "dst";
+    for (const policy of selecting) {
+      const rules = (direction === "ingress" ? policy.ingress : policy.egress)!;
+      for (const rule of rules) {
+        if (
+          portsMatch(rule, conn, dstPod) &&
+          this.peersMatch(rule, policy.namespace, peer, ips, peerIP)
+        ) {
+          return {
+            verdict: "allow",
+            reason: { kind: "allowed", pod: pod.key, policy: policy.key, rule: rule.index },
+          };
+        }
+      }
+    }
+    return {
+      verdict: "deny",
+      reason: { kind: "denied", pod: pod.key, isolatedBy: selecting.map((p) => p.key) },
+    };
+  }
+
+  private peersMatch(
+    rule: CompiledRule,
+    policyNamespace: string,
+    peer: PodEntry | undefined,
+    ips: LazyIPs,
+    side: "src" | "dst",
+  ): boolean {
+    if (rule.peers === null) return true;
+    for (const p of rule.peers) {
+      if (this.peerMatches(p, policyNamespace, peer, ips, side)) return true;
+    }
+    return false;
+  }
+
+  private peerMatches(
+    p: CompiledPeer,
+    policyNamespace: string,
+    peer: PodEntry | undefined,
+    ips: LazyIPs,
+    side: "src" | "dst",
+  ): boolean {
+    if (p.kind === "ipBlock") {
+      const ip = ips.get(side);
+      if (!ip || !p.cidr.contains(ip)) return false;
+      for (const e of p.except) if (e.contains(ip)) return false;
+      return true;
+    }
+    // Pod and namespace selectors match pods only; hostNetwork pods own no IP, so they are
+    // non-pod endpoints here, as for the API.
+    if (!peer) return false;
+    if (p.namespaceSelector) {
+      if (!p.namespaceSelector.matches(this.namespaceLabels(peer.namespace))) return false;
+    } else if (peer.namespace !== policyNamespace) return false;
+    return p.podSelector === null || p.podSelector.matches(peer.labels);
+  }
+
+  // ---------------------------------------------------------------- for the dataplane
+
+  /** IPs of pods (on `node` when given) isolated for ingress / egress: what the rules must queue. */
+  queuedIPs(node?: string): { ingress: string[]; egress: string[] } {
+    const ingress: string[] = [];
+    const egress: string[] = [];
+    const pods = node === undefined ? this.pods.values() : (this.podsByNode.get(node) ?? []);
+    for (const pod of pods) {
+      for (const ip of pod.ips) {
+        if (this.owner.get(ip) !== pod) continue;
+        if (pod.ingress.length) ingress.push(ip);
+        if (pod.egress.length) egress.push(ip);
+      }
+    }
+    return { ingress: ingress.sort(), egress: egress.sort() };
+  }
+
+  /** namespace/name of the pod owning `ip`, if any. */
+  podAt(ip: string): string | undefined {
+    const canonical = canonicalIP(ip);
+    return canonical === null ? undefined : this.owner.get(canonical)?.key;
+  }
+
+  /** The first IP of a pod ("namespace/name"), for tools that name pods. */
+  podIP(key: string): string | undefined {
+    return this.pods.get(key)?.ips[0];
+  }
+
+  policyKeys(): string[] {
+    return [...this.policies.keys()].sort();
+  }
+
+  stats(): EngineStats {
+    return { pods: this.pods.size, namespaces: this.namespaces.size, policies: this.policies.size };
+  }
+}
+
+/** Connection IPs parsed only if an ipBlock needs them, at most once per verdict. */
+class LazyIPs {
+  private src?: ParsedIP | null;
+  private dst?: ParsedIP | null;
+  constructor(private readonly conn: Connection) {}
+  get(side: "src" | "dst"): ParsedIP | null {
+    if (side === "src") {
+      return this.src === undefined ? (this.src = parseIP(this.conn.src)) : this.src;
+    }
+    return this.dst === undefined ? (this.dst = parseIP(this.conn.dst)) : this.dst;
+  }
+}
+
+function portsMatch(rule: CompiledRule, conn: Connection, dstPod: PodEntry | undefined): boolean {
+  if (rule.ports === null) return true;
+  for (const p of rule.ports) if (portMatches(p, conn, dstPod)) return true;
+  return false;
+}
+
+function portMatches(p: CompiledPort, conn: Connection, dstPod: PodEntry | undefined): boolean {
+  if (p.protocol !== conn.protocol) return false;
+  switch (p.kind) {
+    case "any":
+      return true;
+    case "range":
+      return conn.port >= p.from && conn.port <= p.to;
+    case "named":
+      // Named ports resolve on the destination pod only; a non-pod destination has none.
+      return dstPod !== undefined &&
+        dstPod.namedPorts.get(`${p.name}/${p.protocol as Protocol}`) === conn.port;
+  }
+}
+
+function byKey(a: CompiledPolicy, b: CompiledPolicy): number {
+  return a.key < b.key ? -1 : a.key > b.key ? 1 : 0;
+}
+
+function insertSorted(list: CompiledPolicy[], policy: CompiledPolicy): void {
+  let i = 0;
+  while (i < list.length && byKey(list[i]!, policy) < 0) i++;
+  list.splice(i, 0, policy);
+}
+
+function addToIndex<K, V>(index: Map<K, Set<V>>, key: K, value: V): void {
+  let set = index.get(key);
+  if (!set) index.set(key, set = new Set());
+  set.add(value);
+}
+
+function removeFromIndex<K, V>(index: Map<K, Set<V>>, key: K, value: V): void {
+  const set = index.get(key);
+  if (!set) return;
+  set.delete(value);
+  if (set.size === 0) index.delete(key);
+}
