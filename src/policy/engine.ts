@@ -1,23 +1,20 @@
 /**
  * The policy engine: NetworkPolicy v1 semantics over an in-memory view of pods, namespaces and
  * policies. Pure: no I/O, no clocks. Every state change is applied incrementally to indexes, so a
- * verdict costs one IP lookup per side plus the rules of the few policies selecting the pod.
+ * verdict costs one IP lookup per side plus one rule-table lookup per judged side.
  *
  * Indexes kept up to date on every change:
  *   - pod by IP (the Running pod wins when two pods claim one IP);
- *   - for each pod, the policies selecting it for ingress and for egress (sorted by key);
- *   - pods by namespace (to re-select when a policy changes) and by node (for rule sync).
- * Peer selectors are evaluated at verdict time against the one peer pod, which is a handful of map
- * lookups, so namespace or pod label changes need no re-indexing of peers.
+ *   - for each pod, the policies selecting it for ingress and for egress (sorted by key), and a
+ *     rule table per direction built from them on first use (see rule_table.ts);
+ *   - pods by namespace (to re-select when a policy changes) and by node (for rule sync);
+ *   - an identity per pod (namespace, namespace labels, pod labels) that rule tables memoize on.
+ * Peer selectors are evaluated against the one peer pod (or its memoized identity), so label
+ * changes only re-identify the pods concerned.
  */
 import { canonicalIP, type ParsedIP, parseIP } from "./cidr.ts";
-import {
-  type CompiledPeer,
-  type CompiledPolicy,
-  type CompiledPort,
-  type CompiledRule,
-  compilePolicy,
-} from "./compile.ts";
+import { type CompiledPolicy, compilePolicy } from "./compile.ts";
+import { type PeerContext, RuleTable } from "./rule_table.ts";
 import { type Labels, toLabels } from "./selector.ts";
 import type {
   Connection,
@@ -29,6 +26,17 @@ import type {
   Pod,
   Protocol,
 } from "./types.ts";
+
+/** Reused for every verdict (evaluation is synchronous), so judging allocates no context. */
+class VerdictContext implements PeerContext {
+  pod: PodEntry | undefined;
+  ipText = "";
+  parsed: ParsedIP | null | undefined;
+  constructor(readonly namespaceLabels: (namespace: string) => Labels) {}
+  ip(): ParsedIP | null {
+    return this.parsed === undefined ? (this.parsed = parseIP(this.ipText)) : this.parsed;
+  }
+}
 
 /** The engine's view of one pod: only what verdicts need. */
 interface PodEntry {
@@ -42,10 +50,18 @@ interface PodEntry {
   ips: string[];
   hostIPs: ReadonlySet<string>;
   running: boolean;
-  /** containerPort by "name/protocol", for named ports. */
-  namedPorts: ReadonlyMap<string, number>;
+  /** containerPort by port name, then by protocol, for named ports. */
+  namedPorts: ReadonlyMap<string, Partial<Record<Protocol, number>>>;
   ingress: CompiledPolicy[];
   egress: CompiledPolicy[];
+  /** Keys of `ingress` / `egress`, kept with them so a deny allocates nothing to explain itself. */
+  ingressKeys: string[];
+  egressKeys: string[];
+  /** Rule tables, built on first use after the selecting policies change. */
+  ingressTable?: RuleTable;
+  egressTable?: RuleTable;
+  /** Interned (namespace, namespace labels, pod labels): pods alike to every selector. */
+  identity: number;
 }
 
 const NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name";
@@ -69,6 +85,9 @@ export class PolicyEngine {
   private readonly policies = new Map<string, CompiledPolicy>();
   private readonly policiesByNamespace = new Map<string, Map<string, CompiledPolicy>>();
   private _generation = 0;
+  private readonly identities = new Map<string, number>();
+  private readonly namespaceVersions = new Map<string, number>();
+  private readonly ctx = new VerdictContext((ns) => this.namespaceLabels(ns));
 
   /** Increases on every change that can alter a verdict or the queued set. */
   get generation(): number {
@@ -86,12 +105,29 @@ export class PolicyEngine {
     // The API server always sets this label; manifests written by hand often omit it.
     labels.set(NAMESPACE_NAME_LABEL, name);
     this.namespaces.set(name, labels);
-    this._generation++;
+    this.namespaceLabelsChanged(name);
     return [];
   }
 
   deleteNamespace(name: string): void {
-    if (this.namespaces.delete(name)) this._generation++;
+    if (this.namespaces.delete(name)) this.namespaceLabelsChanged(name);
+  }
+
+  /** Peers in this namespace now look different to namespace selectors: new identities. */
+  private namespaceLabelsChanged(name: string): void {
+    this.namespaceVersions.set(name, (this.namespaceVersions.get(name) ?? 0) + 1);
+    for (const pod of this.podsByNamespace.get(name) ?? []) pod.identity = this.identityOf(pod);
+    this._generation++;
+  }
+
+  private identityOf(pod: PodEntry): number {
+    const labels = [...pod.labels].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    const key = `${pod.namespace}\u0000${this.namespaceVersions.get(pod.namespace) ?? 0}\u0000${
+      JSON.stringify(labels)
+    }`;
+    let id = this.identities.get(key);
+    if (id === undefined) this.identities.set(key, id = this.identities.size + 1);
+    return id;
   }
 
   private namespaceLabels(name: string): Labels {
@@ -135,7 +171,7 @@ export class PolicyEngine {
       const ip = typeof text === "string" ? canonicalIP(text) : null;
       if (ip) hostIPs.add(ip);
     }
-    const namedPorts = new Map<string, number>();
+    const namedPorts = new Map<string, Partial<Record<Protocol, number>>>();
     const containers = [...(pod.spec?.containers ?? []), ...(pod.spec?.initContainers ?? [])];
     containers.forEach((c, ci) => {
       (c?.ports ?? []).forEach((p, pi) => {
@@ -148,8 +184,9 @@ export class PolicyEngine {
           });
           return;
         }
-        const k = `${p.name}/${p.protocol ?? "TCP"}`;
-        if (!namedPorts.has(k)) namedPorts.set(k, p.containerPort);
+        const byProtocol = namedPorts.get(p.name) ?? {};
+        byProtocol[p.protocol ?? "TCP"] ??= p.containerPort;
+        namedPorts.set(p.name, byProtocol);
       });
     });
 
@@ -166,7 +203,11 @@ export class PolicyEngine {
       namedPorts,
       ingress: [],
       egress: [],
+      ingressKeys: [],
+      egressKeys: [],
+      identity: 0,
     };
+    entry.identity = this.identityOf(entry);
     // hostNetwork pods are node endpoints: no policy selects them, they are never queued.
     if (!entry.hostNetwork) this.selectPoliciesFor(entry);
     this.removePod(key);
@@ -222,6 +263,7 @@ export class PolicyEngine {
     }
     pod.ingress.sort(byKey);
     pod.egress.sort(byKey);
+    refreshKeys(pod);
   }
 
   // ---------------------------------------------------------------- policies
@@ -242,6 +284,7 @@ export class PolicyEngine {
       if (pod.hostNetwork || !policy.podSelector.matches(pod.labels)) continue;
       if (policy.ingress) insertSorted(pod.ingress, policy);
       if (policy.egress) insertSorted(pod.egress, policy);
+      refreshKeys(pod);
     }
     this._generation++;
     return [];
@@ -261,6 +304,7 @@ export class PolicyEngine {
       if (i >= 0) pod.ingress.splice(i, 1);
       const e = pod.egress.indexOf(old);
       if (e >= 0) pod.egress.splice(e, 1);
+      if (i >= 0 || e >= 0) refreshKeys(pod);
     }
     return true;
   }
@@ -275,94 +319,55 @@ export class PolicyEngine {
   evaluate(conn: Connection, node?: string): Decision {
     const src = this.owner.get(conn.src);
     const dst = this.owner.get(conn.dst);
-    const lazy = new LazyIPs(conn);
     const egress = !src
       ? NOT_A_POD
       : node !== undefined && src.nodeName !== node
       ? NOT_JUDGED
-      : this.judge("egress", src, src.egress, conn, dst, lazy);
+      : this.judge("egress", src, conn, dst);
     const ingress = !dst
       ? NOT_A_POD
       : node !== undefined && dst.nodeName !== node
       ? NOT_JUDGED
       : dst.ingress.length && dst.hostIPs.has(conn.src)
       ? { verdict: "allow" as const, reason: { kind: "from-own-node" as const, pod: dst.key } }
-      : this.judge("ingress", dst, dst.ingress, conn, src, lazy);
+      : this.judge("ingress", dst, conn, src);
     const verdict = egress.verdict === "allow" && ingress.verdict === "allow" ? "allow" : "deny";
     return { verdict, egress, ingress, srcPod: src?.key, dstPod: dst?.key };
   }
 
-  /**
-   * One direction for one pod. `peer` is the pod at the other end, if any; ports are always
-   * resolved on the connection's destination pod (for ingress that is `pod`, for egress `peer`).
-   */
+  /** One direction for one pod; `peer` is the pod at the other end, if any. */
   private judge(
     direction: "ingress" | "egress",
     pod: PodEntry,
-    selecting: CompiledPolicy[],
     conn: Connection,
     peer: PodEntry | undefined,
-    ips: LazyIPs,
   ): DirectionResult {
-    if (selecting.length === 0) {
+    const ingress = direction === "ingress";
+    if ((ingress ? pod.ingress : pod.egress).length === 0) {
       return { verdict: "allow", reason: { kind: "not-isolated", pod: pod.key } };
     }
-    const dstPod = direction === "ingress" ? pod : peer;
-    const peerIP = direction === "ingress" ? "src" : "dst";
-    for (const policy of selecting) {
-      const rules = (direction === "ingress" ? policy.ingress : policy.egress)!;
-      for (const rule of rules) {
-        if (
-          portsMatch(rule, conn, dstPod) &&
-          this.peersMatch(rule, policy.namespace, peer, ips, peerIP)
-        ) {
-          return {
-            verdict: "allow",
-            reason: { kind: "allowed", pod: pod.key, policy: policy.key, rule: rule.index },
-          };
-        }
-      }
+    const table = ingress
+      ? (pod.ingressTable ??= new RuleTable("ingress", pod.ingress, pod.namedPorts))
+      : (pod.egressTable ??= new RuleTable("egress", pod.egress, undefined));
+    const ctx = this.ctx;
+    ctx.pod = peer;
+    ctx.ipText = ingress ? conn.src : conn.dst;
+    ctx.parsed = undefined;
+    const hit = table.match(conn.protocol, conn.port, ctx, ingress ? pod : peer);
+    if (hit) {
+      return {
+        verdict: "allow",
+        reason: { kind: "allowed", pod: pod.key, policy: hit.policy.key, rule: hit.rule.index },
+      };
     }
     return {
       verdict: "deny",
-      reason: { kind: "denied", pod: pod.key, isolatedBy: selecting.map((p) => p.key) },
+      reason: {
+        kind: "denied",
+        pod: pod.key,
+        isolatedBy: ingress ? pod.ingressKeys : pod.egressKeys,
+      },
     };
-  }
-
-  private peersMatch(
-    rule: CompiledRule,
-    policyNamespace: string,
-    peer: PodEntry | undefined,
-    ips: LazyIPs,
-    side: "src" | "dst",
-  ): boolean {
-    if (rule.peers === null) return true;
-    for (const p of rule.peers) {
-      if (this.peerMatches(p, policyNamespace, peer, ips, side)) return true;
-    }
-    return false;
-  }
-
-  private peerMatches(
-    p: CompiledPeer,
-    policyNamespace: string,
-    peer: PodEntry | undefined,
-    ips: LazyIPs,
-    side: "src" | "dst",
-  ): boolean {
-    if (p.kind === "ipBlock") {
-      const ip = ips.get(side);
-      if (!ip || !p.cidr.contains(ip)) return false;
-      for (const e of p.except) if (e.contains(ip)) return false;
-      return true;
-    }
-    // Pod and namespace selectors match pods only; hostNetwork pods own no IP, so they are
-    // non-pod endpoints here, as for the API.
-    if (!peer) return false;
-    if (p.namespaceSelector) {
-      if (!p.namespaceSelector.matches(this.namespaceLabels(peer.namespace))) return false;
-    } else if (peer.namespace !== policyNamespace) return false;
-    return p.podSelector === null || p.podSelector.matches(peer.labels);
   }
 
   // ---------------------------------------------------------------- for the dataplane
@@ -393,6 +398,12 @@ export class PolicyEngine {
     return this.pods.get(key)?.ips[0];
   }
 
+  /** namespace/name of every pod that owns an IP, sorted. */
+  podKeys(): string[] {
+    return [...this.pods.values()].filter((p) => p.ips.some((ip) => this.owner.get(ip) === p))
+      .map((p) => p.key).sort();
+  }
+
   policyKeys(): string[] {
     return [...this.policies.keys()].sort();
   }
@@ -402,37 +413,12 @@ export class PolicyEngine {
   }
 }
 
-/** Connection IPs parsed only if an ipBlock needs them, at most once per verdict. */
-class LazyIPs {
-  private src?: ParsedIP | null;
-  private dst?: ParsedIP | null;
-  constructor(private readonly conn: Connection) {}
-  get(side: "src" | "dst"): ParsedIP | null {
-    if (side === "src") {
-      return this.src === undefined ? (this.src = parseIP(this.conn.src)) : this.src;
-    }
-    return this.dst === undefined ? (this.dst = parseIP(this.conn.dst)) : this.dst;
-  }
-}
-
-function portsMatch(rule: CompiledRule, conn: Connection, dstPod: PodEntry | undefined): boolean {
-  if (rule.ports === null) return true;
-  for (const p of rule.ports) if (portMatches(p, conn, dstPod)) return true;
-  return false;
-}
-
-function portMatches(p: CompiledPort, conn: Connection, dstPod: PodEntry | undefined): boolean {
-  if (p.protocol !== conn.protocol) return false;
-  switch (p.kind) {
-    case "any":
-      return true;
-    case "range":
-      return conn.port >= p.from && conn.port <= p.to;
-    case "named":
-      // Named ports resolve on the destination pod only; a non-pod destination has none.
-      return dstPod !== undefined &&
-        dstPod.namedPorts.get(`${p.name}/${p.protocol as Protocol}`) === conn.port;
-  }
+/** The pod's selecting policies changed: new explanation keys, tables rebuilt on next use. */
+function refreshKeys(pod: PodEntry): void {
+  pod.ingressKeys = pod.ingress.map((p) => p.key);
+  pod.egressKeys = pod.egress.map((p) => p.key);
+  pod.ingressTable = undefined;
+  pod.egressTable = undefined;
 }
 
 function byKey(a: CompiledPolicy, b: CompiledPolicy): number {

@@ -1,0 +1,215 @@
+/**
+ * Engine at scale (performance issue §1): per-verdict time at 100/1,000/10,000 pods with
+ * 10/500/5,000 policies, memory after loading, and the time to apply one policy change and one
+ * pod label change at the largest size. Configurations are measured in alternating rounds so
+ * machine noise hits them alike; medians of the rounds are reported.
+ *
+ *   deno run --allow-read --allow-env --v8-flags=--expose-gc bench/engine_bench.ts [--json]
+ */
+import { PolicyEngine } from "../src/policy/engine.ts";
+import type { Connection, Protocol } from "../src/policy/types.ts";
+import { generateCluster, prng } from "./cluster_gen.ts";
+
+export interface EngineSizeResult {
+  pods: number;
+  policies: number;
+  loadMs: number;
+  p50us: number;
+  p99us: number;
+  heapMB: number;
+  rssMB: number;
+}
+
+export interface EngineBenchResult {
+  sizes: EngineSizeResult[];
+  ratioP99LargestToSmallest: number;
+  ratioP50LargestToSmallest: number;
+  policyChangeMs: number;
+  podLabelChangeMs: number;
+  timerOverheadUs: number;
+}
+
+const SIZES: [number, number][] = [[100, 10], [1000, 500], [10000, 5000]];
+const VERDICTS_PER_ROUND = 20000;
+const ROUNDS = 5;
+
+function gc() {
+  (globalThis as { gc?: () => void }).gc?.();
+}
+
+function load(pods: number, policies: number) {
+  const c = generateCluster(pods, policies);
+  const engine = new PolicyEngine();
+  const t0 = performance.now();
+  for (const ns of c.namespaces) engine.upsertNamespace(ns);
+  for (const p of c.pods) engine.upsertPod(p);
+  for (const np of c.policies) {
+    const errors = engine.upsertPolicy(np);
+    if (errors.length) {
+      throw new Error(`generator made an invalid policy: ${JSON.stringify(errors)}`);
+    }
+  }
+  return { engine, cluster: c, loadMs: performance.now() - t0 };
+}
+
+function connections(ips: string[], n: number, seed: number): Connection[] {
+  const rnd = prng(seed);
+  const protos: [Protocol, number][] = [["TCP", 8080], ["TCP", 5432], ["TCP", 9090], ["UDP", 53], [
+    "TCP",
+    443,
+  ], ["TCP", 8050]];
+  const out: Connection[] = [];
+  for (let i = 0; i < n; i++) {
+    const [protocol, port] = protos[Math.floor(rnd() * protos.length)]!;
+    const src = rnd() < 0.1
+      ? `203.0.113.${Math.floor(rnd() * 250)}`
+      : ips[Math.floor(rnd() * ips.length)]!;
+    const dst = rnd() < 0.1
+      ? `198.51.100.${Math.floor(rnd() * 250)}`
+      : ips[Math.floor(rnd() * ips.length)]!;
+    out.push({ src, dst, protocol, port });
+  }
+  return out;
+}
+
+function percentile(sorted: Float64Array, q: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
+function timerOverheadUs(): number {
+  const d = new Float64Array(100000);
+  for (let i = 0; i < d.length; i++) {
+    const t0 = performance.now();
+    d[i] = performance.now() - t0;
+  }
+  d.sort();
+  return percentile(d, 0.5) * 1000;
+}
+
+/** Time each verdict on its own; returns [p50, p99] in microseconds, timer overhead removed. */
+function timeVerdicts(
+  engine: PolicyEngine,
+  conns: Connection[],
+  overheadUs: number,
+): [number, number] {
+  const d = new Float64Array(conns.length);
+  let sink = 0;
+  for (let i = 0; i < conns.length; i++) {
+    const t0 = performance.now();
+    const r = engine.evaluate(conns[i]!);
+    d[i] = performance.now() - t0;
+    sink += r.verdict === "allow" ? 1 : 0;
+  }
+  if (sink < 0) console.log(sink);
+  d.sort();
+  return [
+    Math.max(0, percentile(d, 0.5) * 1000 - overheadUs),
+    Math.max(0, percentile(d, 0.99) * 1000 - overheadUs),
+  ];
+}
+
+export function runEngineBench(): EngineBenchResult {
+  const overheadUs = timerOverheadUs();
+  const loaded = SIZES.map(([pods, policies]) => {
+    gc();
+    const before = Deno.memoryUsage();
+    const l = load(pods, policies);
+    gc();
+    const after = Deno.memoryUsage();
+    return {
+      ...l,
+      pods,
+      policies,
+      heapMB: (after.heapUsed - before.heapUsed) / 2 ** 20,
+      conns: connections(l.cluster.podIPs, VERDICTS_PER_ROUND, pods),
+    };
+  });
+  const rssMB = Deno.memoryUsage().rss / 2 ** 20;
+  // warm up every configuration, then alternate rounds
+  for (const l of loaded) timeVerdicts(l.engine, l.conns, overheadUs);
+  const p50s = loaded.map(() => [] as number[]);
+  const p99s = loaded.map(() => [] as number[]);
+  for (let r = 0; r < ROUNDS; r++) {
+    loaded.forEach((l, i) => {
+      const [p50, p99] = timeVerdicts(l.engine, l.conns, overheadUs);
+      p50s[i]!.push(p50);
+      p99s[i]!.push(p99);
+    });
+  }
+  const sizes: EngineSizeResult[] = loaded.map((l, i) => ({
+    pods: l.pods,
+    policies: l.policies,
+    loadMs: l.loadMs,
+    p50us: median(p50s[i]!),
+    p99us: median(p99s[i]!),
+    heapMB: l.heapMB,
+    rssMB,
+  }));
+
+  // One policy change and one pod label change at the largest size.
+  const largest = loaded[loaded.length - 1]!;
+  const policyTimes: number[] = [];
+  const labelTimes: number[] = [];
+  for (let i = 0; i < 21; i++) {
+    const np = structuredClone(largest.cluster.policies[i * 7]!);
+    np.spec.ingress = [{
+      from: [{ podSelector: { matchLabels: { app: `app-${i}` } } }],
+      ports: [{ port: 80 + i }],
+    }];
+    let t0 = performance.now();
+    largest.engine.upsertPolicy(np);
+    policyTimes.push(performance.now() - t0);
+    const pod = structuredClone(largest.cluster.pods[i * 13]!);
+    pod.metadata.labels = { ...pod.metadata.labels, app: `app-${(i + 1) % 20}` };
+    t0 = performance.now();
+    largest.engine.upsertPod(pod);
+    labelTimes.push(performance.now() - t0);
+  }
+  const first = sizes[0]!;
+  const last = sizes[sizes.length - 1]!;
+  return {
+    sizes,
+    ratioP99LargestToSmallest: last.p99us / Math.max(first.p99us, 1e-3),
+    ratioP50LargestToSmallest: last.p50us / Math.max(first.p50us, 1e-3),
+    policyChangeMs: median(policyTimes),
+    podLabelChangeMs: median(labelTimes),
+    timerOverheadUs: overheadUs,
+  };
+}
+
+export function formatEngineBench(r: EngineBenchResult): string {
+  const lines = [
+    "Engine at scale (per-verdict time, timer overhead removed)",
+    "  pods    policies  load ms   p50 us   p99 us   heap MB",
+  ];
+  for (const s of r.sizes) {
+    lines.push(
+      `  ${String(s.pods).padEnd(7)} ${String(s.policies).padEnd(9)} ${
+        s.loadMs.toFixed(0).padStart(7)
+      }  ${s.p50us.toFixed(2).padStart(7)}  ${s.p99us.toFixed(2).padStart(7)}  ${
+        s.heapMB.toFixed(1).padStart(8)
+      }`,
+    );
+  }
+  lines.push(
+    `  process RSS with all three loaded: ${r.sizes[0]!.rssMB.toFixed(0)} MB`,
+    `  p99 largest/smallest: ${r.ratioP99LargestToSmallest.toFixed(2)}  (p50: ${
+      r.ratioP50LargestToSmallest.toFixed(2)
+    })`,
+    `  one policy change at the largest size: ${r.policyChangeMs.toFixed(2)} ms (median of 21)`,
+    `  one pod label change at the largest size: ${
+      r.podLabelChangeMs.toFixed(3)
+    } ms (median of 21)`,
+  );
+  return lines.join("\n");
+}
+
+if (import.meta.main) {
+  const r = runEngineBench();
+  console.log(Deno.args.includes("--json") ? JSON.stringify(r, null, 2) : formatEngineBench(r));
+}

@@ -1,0 +1,208 @@
+/**
+ * A pod's rules for one direction, indexed for the verdict path.
+ *
+ * Linear scans over every rule of every selecting policy made verdict time grow with policy
+ * count (a pod selected by 25 policies scanned 25+ rules per deny). The table groups rules by the
+ * protocol/port they allow, so a connection only looks at rules that can match its port, and
+ * memoizes "which rule (if any) admits this peer" per bucket, keyed by the peer's identity
+ * (namespace + namespace labels + pod labels): replicas of one client share the answer.
+ *
+ * Rules keep a global order (policy key, then rule index) so the explanation names the same
+ * policy and rule as a plain scan would.
+ */
+import type { ParsedIP } from "./cidr.ts";
+import type { CompiledPeer, CompiledPolicy, CompiledRule } from "./compile.ts";
+import type { Labels } from "./selector.ts";
+import type { ConnectionProtocol, Protocol } from "./types.ts";
+
+export interface OrderedRule {
+  order: number;
+  policy: CompiledPolicy;
+  rule: CompiledRule;
+  /** True when some peer is an ipBlock or the rule has no peers: the answer depends on the IP. */
+  matchesIPs: boolean;
+}
+
+/** What the table needs to know about the pod at the other end of the connection. */
+export interface PeerView {
+  identity: number;
+  namespace: string;
+  labels: Labels;
+  namedPorts: ReadonlyMap<string, Partial<Record<Protocol, number>>>;
+}
+
+export interface PeerContext {
+  pod: PeerView | undefined;
+  /** The peer's address, parsed on first use. */
+  ip(): ParsedIP | null;
+  namespaceLabels(namespace: string): Labels;
+}
+
+const MEMO_LIMIT = 4096;
+const PROTOCOL_INDEX: Record<string, number> = { TCP: 0, UDP: 1, SCTP: 2 };
+
+class Bucket {
+  readonly rules: OrderedRule[] = [];
+  private memo = new Map<number, OrderedRule | null>();
+  private anyIPRule = false;
+
+  add(r: OrderedRule): void {
+    this.rules.push(r);
+    if (r.matchesIPs) this.anyIPRule = true;
+  }
+
+  seal(): void {
+    this.rules.sort((a, b) => a.order - b.order);
+  }
+
+  /** First rule (in order) whose peers admit the peer. */
+  first(ctx: PeerContext): OrderedRule | null {
+    const pod = ctx.pod;
+    // The memo is exact only when no rule looks at IPs: then pods with one identity are alike.
+    if (pod && !this.anyIPRule) {
+      const hit = this.memo.get(pod.identity);
+      if (hit !== undefined) return hit;
+      const found = scan(this.rules, ctx);
+      if (this.memo.size >= MEMO_LIMIT) this.memo = new Map();
+      this.memo.set(pod.identity, found);
+      return found;
+    }
+    return scan(this.rules, ctx);
+  }
+}
+
+function scan(rules: OrderedRule[], ctx: PeerContext): OrderedRule | null {
+  for (const r of rules) if (peersAdmit(r, ctx)) return r;
+  return null;
+}
+
+function peersAdmit(r: OrderedRule, ctx: PeerContext): boolean {
+  const peers = r.rule.peers;
+  if (peers === null) return true;
+  for (const p of peers) if (peerAdmits(p, r.policy.namespace, ctx)) return true;
+  return false;
+}
+
+function peerAdmits(p: CompiledPeer, policyNamespace: string, ctx: PeerContext): boolean {
+  if (p.kind === "ipBlock") {
+    const ip = ctx.ip();
+    if (!ip || !p.cidr.contains(ip)) return false;
+    for (const e of p.except) if (e.contains(ip)) return false;
+    return true;
+  }
+  // Selectors match pods only; hostNetwork pods and other IPs are not pods here.
+  const pod = ctx.pod;
+  if (!pod) return false;
+  if (p.namespaceSelector) {
+    if (!p.namespaceSelector.matches(ctx.namespaceLabels(pod.namespace))) return false;
+  } else if (pod.namespace !== policyNamespace) return false;
+  return p.podSelector === null || p.podSelector.matches(pod.labels);
+}
+
+export class RuleTable {
+  private readonly exact = new Map<number, Bucket>();
+  private readonly ranges: { protocol: number; from: number; to: number; bucket: Bucket }[] = [];
+  private readonly anyPortOf: (Bucket | undefined)[] = [undefined, undefined, undefined];
+  private anyProtocol?: Bucket;
+  /** Egress named ports: resolved on the destination pod at verdict time. */
+  private readonly named: { protocol: Protocol; name: string; rule: OrderedRule }[] = [];
+
+  /**
+   * @param selecting the policies selecting the pod for this direction, sorted by key
+   * @param ownPorts the pod's named ports when it is the destination (ingress), else undefined
+   */
+  constructor(
+    direction: "ingress" | "egress",
+    selecting: readonly CompiledPolicy[],
+    ownPorts: PeerView["namedPorts"] | undefined,
+  ) {
+    let order = 0;
+    for (const policy of selecting) {
+      for (const rule of (direction === "ingress" ? policy.ingress : policy.egress) ?? []) {
+        const r: OrderedRule = {
+          order: order++,
+          policy,
+          rule,
+          matchesIPs: rule.peers === null || rule.peers.some((p) => p.kind === "ipBlock"),
+        };
+        if (rule.ports === null) {
+          (this.anyProtocol ??= new Bucket()).add(r);
+          continue;
+        }
+        for (const port of rule.ports) {
+          const proto = PROTOCOL_INDEX[port.protocol]!;
+          if (port.kind === "any") {
+            (this.anyPortOf[proto] ??= new Bucket()).add(r);
+          } else if (port.kind === "range") {
+            if (port.from === port.to) this.exactBucket(proto, port.from).add(r);
+            else {
+              let range = this.ranges.find((x) =>
+                x.protocol === proto && x.from === port.from && x.to === port.to
+              );
+              if (!range) {
+                range = { protocol: proto, from: port.from, to: port.to, bucket: new Bucket() };
+                this.ranges.push(range);
+              }
+              range.bucket.add(r);
+            }
+          } else if (ownPorts) {
+            // Ingress: the destination is this pod, so its named ports resolve now.
+            const number = ownPorts.get(port.name)?.[port.protocol];
+            if (number !== undefined) this.exactBucket(proto, number).add(r);
+          } else {
+            this.named.push({ protocol: port.protocol, name: port.name, rule: r });
+          }
+        }
+      }
+    }
+    for (const b of this.exact.values()) b.seal();
+    for (const r of this.ranges) r.bucket.seal();
+    for (const b of this.anyPortOf) b?.seal();
+    this.anyProtocol?.seal();
+  }
+
+  private exactBucket(protocol: number, port: number): Bucket {
+    const key = protocol * 65536 + port;
+    let b = this.exact.get(key);
+    if (!b) this.exact.set(key, b = new Bucket());
+    return b;
+  }
+
+  /**
+   * The first rule (in policy-key, rule-index order) admitting this connection, or null.
+   * `dstPod` is the destination pod when this is an egress table (for named ports).
+   */
+  match(
+    protocol: ConnectionProtocol,
+    port: number,
+    ctx: PeerContext,
+    dstPod: PeerView | undefined,
+  ): OrderedRule | null {
+    let best = this.anyProtocol?.first(ctx) ?? null;
+    const proto = PROTOCOL_INDEX[protocol];
+    if (proto === undefined) return best; // ICMP and others: only port-less rules apply
+    best = earlier(best, this.anyPortOf[proto]?.first(ctx) ?? null);
+    best = earlier(best, this.exact.get(proto * 65536 + port)?.first(ctx) ?? null);
+    for (const r of this.ranges) {
+      if (r.protocol === proto && port >= r.from && port <= r.to) {
+        best = earlier(best, r.bucket.first(ctx));
+      }
+    }
+    for (const n of this.named) {
+      if (best && n.rule.order > best.order) break;
+      if (
+        n.protocol === protocol && dstPod?.namedPorts.get(n.name)?.[n.protocol] === port &&
+        peersAdmit(n.rule, ctx)
+      ) {
+        best = earlier(best, n.rule);
+      }
+    }
+    return best;
+  }
+}
+
+function earlier(a: OrderedRule | null, b: OrderedRule | null): OrderedRule | null {
+  if (!a) return b;
+  if (!b) return a;
+  return b.order < a.order ? b : a;
+}
