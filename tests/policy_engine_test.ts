@@ -491,3 +491,18 @@ Deno.test("invalid policies: every problem reported with its field; last good ve
   );
   assert.equal(e.stats().policies, 1);
 });
+
+Deno.test("label values that are not strings are reported, and the rest of the pod is kept", () => {
+  const e = model();
+  const p = pod("x/a", { labels: { pod: "a", version: 1.0 as unknown as string } });
+  assert.deepEqual(e.upsertPod(p).map((x) => [x.object, x.field]), [[
+    "Pod x/a",
+    "metadata.labels.version",
+  ]]);
+  assert.equal(e.podAt(IPS["x/a"]!), "x/a");
+  assert.deepEqual(
+    e.upsertNamespace({ metadata: { name: "x", labels: { ns: "x", n: 3 as unknown as string } } })
+      .map((x) => x.field),
+    ["metadata.labels.n"],
+  );
+});

@@ -16,7 +16,7 @@ import { applyEvent } from "../state/apply.ts";
 import type { StateEvent } from "../state/events.ts";
 import type { ClusterSource } from "../state/source.ts";
 import { DEFAULT_DENY_MARK } from "../dataplane/marks.ts";
-import { type VerdictLoop, type VerdictRecord } from "../dataplane/verdict_loop.ts";
+import type { VerdictLoop, VerdictRecord } from "../dataplane/verdict_loop.ts";
 import { RuleSync } from "../dataplane/rule_sync.ts";
 import { flagHelp, type FlagSpec, parseFlags, UsageError } from "./args.ts";
 

@@ -127,7 +127,10 @@ export function allPairs(pods: string[], spec: string): Probe[] {
   if (!m) throw new UsageError(`--matrix ${JSON.stringify(spec)}: expected <tcp|udp|sctp>/<port>`);
   const protocol = m[1]!.toUpperCase() as Protocol;
   const port = Number(m[2]);
-  return pods.flatMap((from) => pods.map((to) => ({ from, to, protocol, port })));
+  // A pod reaching itself never leaves its network namespace: no policy applies, so skip it.
+  return pods.flatMap((from) =>
+    pods.filter((to) => to !== from).map((to) => ({ from, to, protocol, port }))
+  );
 }
 
 /**
@@ -142,17 +145,23 @@ export function renderTable(results: ProbeResult[], explain: boolean): string {
     groups.set(k, [...(groups.get(k) ?? []), r]);
   }
   for (const [k, rs] of groups) {
-    const froms = [...new Set(rs.map((r) => r.from))];
-    const tos = [...new Set(rs.map((r) => r.to))];
+    // One order for rows and columns, so a square matrix has its diagonal on the diagonal.
+    const names = [...new Set(rs.flatMap((r) => [r.from, r.to]))];
+    const fromSet = new Set(rs.map((r) => r.from));
+    const toSet = new Set(rs.map((r) => r.to));
+    const froms = names.filter((n) => fromSet.has(n));
+    const tos = names.filter((n) => toSet.has(n));
     const cell = new Map(
       rs.map((r) => [`${r.from}\u0000${r.to}`, r.verdict === "allow" ? "." : "X"]),
     );
     const w0 = Math.max(7, ...froms.map((f) => f.length));
     const widths = tos.map((t) => Math.max(t.length, 1));
-    out.push(`${k}  (. allow, X deny; rows from, columns to)`);
+    out.push(`${k}  (. allow, X deny, - self; rows from, columns to)`);
     out.push(`${"from\\to".padEnd(w0)}  ${tos.map((t, i) => t.padEnd(widths[i]!)).join("  ")}`);
     for (const f of froms) {
-      const cells = tos.map((t, i) => (cell.get(`${f}\u0000${t}`) ?? " ").padEnd(widths[i]!));
+      const cells = tos.map((t, i) =>
+        (cell.get(`${f}\u0000${t}`) ?? (f === t ? "-" : " ")).padEnd(widths[i]!)
+      );
       out.push(`${f.padEnd(w0)}  ${cells.join("  ")}`);
     }
     out.push("");

@@ -101,12 +101,13 @@ export class PolicyEngine {
     if (typeof name !== "string" || name === "") {
       return [{ object: "Namespace <unnamed>", field: "metadata.name", message: "is required" }];
     }
-    const labels = toLabels(ns.metadata.labels);
+    const problems: [string, string][] = [];
+    const labels = toLabels(ns.metadata.labels, problems);
     // The API server always sets this label; manifests written by hand often omit it.
     labels.set(NAMESPACE_NAME_LABEL, name);
     this.namespaces.set(name, labels);
     this.namespaceLabelsChanged(name);
-    return [];
+    return problems.map(([field, message]) => ({ object: `Namespace ${name}`, field, message }));
   }
 
   deleteNamespace(name: string): void {
@@ -149,6 +150,7 @@ export class PolicyEngine {
       return [{ object, field: "metadata.name", message: "is required" }];
     }
     const errors: ObjectError[] = [];
+    const labelProblems: [string, string][] = [];
     const key = `${namespace}/${name}`;
     const phase = pod.status?.phase;
     const ownsIPs = !pod.spec?.hostNetwork && phase !== "Succeeded" && phase !== "Failed";
@@ -194,7 +196,7 @@ export class PolicyEngine {
       key,
       namespace,
       name,
-      labels: toLabels(pod.metadata.labels),
+      labels: toLabels(pod.metadata.labels, labelProblems),
       nodeName: pod.spec?.nodeName || undefined,
       hostNetwork: pod.spec?.hostNetwork === true,
       ips,
@@ -208,6 +210,7 @@ export class PolicyEngine {
       identity: 0,
     };
     entry.identity = this.identityOf(entry);
+    for (const [field, message] of labelProblems) errors.push({ object, field, message });
     // hostNetwork pods are node endpoints: no policy selects them, they are never queued.
     if (!entry.hostNetwork) this.selectPoliciesFor(entry);
     this.removePod(key);

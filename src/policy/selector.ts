@@ -121,11 +121,26 @@ export class Selector {
   }
 }
 
-/** Labels of an object as a Map (immune to keys like "constructor" on plain objects). */
-export function toLabels(labels: Record<string, string> | undefined | null): Map<string, string> {
+/**
+ * Labels of an object as a Map (immune to keys like "constructor" on plain objects). A value that
+ * is not a string (YAML reads `version: 1.0` as a number) is left out and reported in `problems`
+ * as [field, message]: the API server would have rejected it, and guessing its text is unsafe.
+ */
+export function toLabels(
+  labels: Record<string, string> | undefined | null,
+  problems?: [string, string][],
+): Map<string, string> {
   const m = new Map<string, string>();
   if (labels && typeof labels === "object") {
-    for (const [k, v] of Object.entries(labels)) if (typeof v === "string") m.set(k, v);
+    for (const [k, v] of Object.entries(labels)) {
+      if (typeof v === "string") m.set(k, v);
+      else {
+        problems?.push([
+          `metadata.labels.${k}`,
+          `must be a string, not ${JSON.stringify(v)} (quote it in YAML)`,
+        ]);
+      }
+    }
   }
   return m;
 }
