@@ -5,6 +5,8 @@
  * (::ffff:a.b.c.d) is treated as IPv4, as Go's net package (and so the API server) does.
  */
 
+import { formatIPv4, formatIPv6 } from "../packet/ip.ts";
+
 export type ParsedIP = { family: 4; v4: number } | { family: 6; v6: Uint32Array };
 
 const IPV4_RE = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/;
@@ -73,35 +75,21 @@ export function parseIP(text: string): ParsedIP | null {
   return v4 === null ? null : { family: 4, v4 };
 }
 
-function formatIPv4Number(n: number): string {
-  return `${n >>> 24}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
+function toBytes(ip: ParsedIP): Uint8Array {
+  const words = ip.family === 4 ? [ip.v4] : ip.v6;
+  const bytes = new Uint8Array(words.length * 4);
+  words.forEach((w, i) => new DataView(bytes.buffer).setUint32(4 * i, w));
+  return bytes;
 }
 
-function formatIPv6Words(w: Uint32Array): string {
-  const g: number[] = [];
-  for (let i = 0; i < 4; i++) g.push(w[i]! >>> 16, w[i]! & 0xffff);
-  // RFC 5952: compress the longest run (>= 2) of zero groups, the first one on ties.
-  let bestStart = -1, bestLen = 0;
-  for (let i = 0; i < 8;) {
-    if (g[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && g[j] === 0) j++;
-    if (j - i > bestLen && j - i >= 2) [bestStart, bestLen] = [i, j - i];
-    i = j;
-  }
-  const hex = (a: number[]) => a.map((x) => x.toString(16)).join(":");
-  if (bestStart < 0) return hex(g);
-  return `${hex(g.slice(0, bestStart))}::${hex(g.slice(bestStart + bestLen))}`;
+function formatParsed(ip: ParsedIP): string {
+  return ip.family === 4 ? formatIPv4(toBytes(ip), 0) : formatIPv6(toBytes(ip), 0);
 }
 
 /** Canonical text of an address (dotted quad, or RFC 5952 lower-case IPv6); null if invalid. */
 export function canonicalIP(text: string): string | null {
   const ip = parseIP(text.trim());
-  if (!ip) return null;
-  return ip.family === 4 ? formatIPv4Number(ip.v4) : formatIPv6Words(ip.v6);
+  return ip ? formatParsed(ip) : null;
 }
 
 export class Cidr {
@@ -162,7 +150,9 @@ export class Cidr {
   }
 
   toString(): string {
-    const addr = this.family === 4 ? formatIPv4Number(this.net[0]!) : formatIPv6Words(this.net);
-    return `${addr}/${this.prefix}`;
+    const net = this.family === 4
+      ? { family: 4 as const, v4: this.net[0]! }
+      : { family: 6 as const, v6: this.net };
+    return `${formatParsed(net)}/${this.prefix}`;
   }
 }
