@@ -151,7 +151,7 @@ export class Agent {
   private server?: { port: number; close(): Promise<void> };
   private readonly invalid = new Map<string, ObjectError[]>();
   private readonly denyLimiter: RateLimiter;
-  private statsTimer?: number;
+  private statsTimer?: ReturnType<typeof setInterval>;
   private stopping?: Promise<void>;
 
   constructor(readonly opts: RunOptions, private readonly log: Logger) {
@@ -208,6 +208,8 @@ export class Agent {
 
     this.source = await this.createSource();
     await this.source.start((ev) => this.onEvent(ev));
+    // A kind with no objects delivers no event: check once more now that start() is done.
+    this.afterChange();
     this.statsTimer = setInterval(() => this.refreshGauges(), 5000);
   }
 
@@ -237,10 +239,17 @@ export class Agent {
       }
     } else this.invalid.delete(key);
     this.loop?.applyEvent(ev);
-    if (this.source?.synced()) {
-      if (!this.loop?.synced) this.loop?.markSynced();
-      this.rules?.schedule();
+    this.afterChange();
+  }
+
+  /** Once the source has a full view, judging starts and every change reaches the rules. */
+  private afterChange(): void {
+    if (!this.source?.synced()) return;
+    if (!this.loop?.synced) {
+      this.loop?.markSynced();
+      this.log.info("state synced; judging packets", this.engine.stats() as unknown as Record<string, unknown>);
     }
+    this.rules?.schedule();
   }
 
   private refreshGauges(): void {

@@ -18,7 +18,7 @@ const RETRY_MAX_MS = 10_000;
 export class RuleSync {
   /** Engine generation the kernel sets last matched; -1 before the first sync. */
   syncedGeneration = -1;
-  private timer?: number;
+  private timer?: ReturnType<typeof setTimeout>;
   private running?: Promise<void>;
   private again = false;
   private failures = 0;

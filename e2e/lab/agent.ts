@@ -1,0 +1,241 @@
+/**
+ * The real agent (`main.ts run --manifests`) running inside a lab's node netns, plus what the lab
+ * needs to drive it: the manifest directory it watches, readiness, and "policies enforced" (the
+ * policy set in force equals the expected one and the rules caught up with it).
+ *
+ * The agent's HTTP endpoints listen on 127.0.0.1 INSIDE the node netns, which the driver (in the
+ * root netns) cannot reach; requests therefore go through `curl` run in that netns.
+ */
+import { stringify } from "yaml";
+import type { Lab } from "./topology.ts";
+
+const MAIN_TS = new URL("../../main.ts", import.meta.url).pathname;
+const REPO_ROOT = new URL("../../", import.meta.url).pathname;
+
+export interface LabAgentOptions {
+  /** Node name the agent runs as (pods in the manifests must carry it as spec.nodeName). */
+  nodeName: string;
+  /** Directory with the manifests the agent watches (see ManifestDir). */
+  manifestsDir: string;
+  /** Default true; false starts the agent with --fail-open=false. */
+  failOpen?: boolean;
+  queueId?: number;
+  metricsPort?: number;
+  verbosity?: number;
+  extraArgs?: string[];
+  /** Also copy the agent's log lines to our stderr as they come. */
+  echoLogs?: boolean;
+}
+
+export interface DebugPolicies {
+  policies: string[];
+  generation: number;
+  rulesSyncedGeneration: number;
+  invalid?: string[];
+}
+
+/** Keep the last lines of the agent's log for failure reports, without growing forever. */
+class LogTail {
+  private readonly lines: string[] = [];
+  constructor(private readonly max: number) {}
+  push(line: string): void {
+    this.lines.push(line);
+    if (this.lines.length > this.max) this.lines.shift();
+  }
+  text(): string {
+    return this.lines.join("\n");
+  }
+}
+
+export class LabAgent {
+  private readonly tail = new LogTail(200);
+  private exited?: Deno.CommandStatus;
+
+  private constructor(
+    private readonly lab: Lab,
+    private readonly child: Deno.ChildProcess,
+    readonly port: number,
+  ) {
+    child.status.then((s) => this.exited = s);
+  }
+
+  /** Start the agent and wait for /readyz (throws with the agent's log on failure or timeout). */
+  static async start(lab: Lab, opts: LabAgentOptions, readyTimeoutMs = 30_000): Promise<LabAgent> {
+    const port = opts.metricsPort ?? 9080;
+    const args = [
+      Deno.execPath(),
+      "run",
+      "--frozen",
+      "--allow-all", // FFI with pointers and /proc reads need it (see docs/design-notes)
+      MAIN_TS,
+      "run",
+      "--manifests",
+      opts.manifestsDir,
+      "--hostname-override",
+      opts.nodeName,
+      "--metrics-bind-address",
+      `127.0.0.1:${port}`,
+      "--nfqueue-id",
+      String(opts.queueId ?? 100),
+      `--fail-open=${opts.failOpen ?? true}`,
+      "-v",
+      String(opts.verbosity ?? 2),
+      ...(opts.extraArgs ?? []),
+    ];
+    const child = lab.spawn(lab.nodeNetns, args, {
+      stdout: "piped",
+      stderr: "piped",
+      cwd: REPO_ROOT,
+    });
+    const agent = new LabAgent(lab, child, port);
+    agent.collect(child.stdout, !!opts.echoLogs);
+    agent.collect(child.stderr, !!opts.echoLogs);
+    try {
+      await agent.waitReady(readyTimeoutMs);
+    } catch (e) {
+      await agent.kill("SIGKILL");
+      throw e;
+    }
+    return agent;
+  }
+
+  private collect(stream: ReadableStream<Uint8Array>, echo: boolean): void {
+    (async () => {
+      let rest = "";
+      for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+        const parts = (rest + chunk).split("\n");
+        rest = parts.pop() ?? "";
+        for (const line of parts) {
+          this.tail.push(line);
+          if (echo) console.error(`[agent] ${line}`);
+        }
+      }
+      if (rest) this.tail.push(rest);
+    })().catch(() => {});
+  }
+
+  /** The agent's recent log lines. */
+  logs(): string {
+    return this.tail.text();
+  }
+
+  get running(): boolean {
+    return this.exited === undefined;
+  }
+
+  /** GET a path on the agent's HTTP server (from inside the node netns). */
+  async get(path: string): Promise<{ status: number; body: string }> {
+    const r = await this.lab.exec(this.lab.nodeNetns, [
+      "curl",
+      "-s",
+      "-m",
+      "2",
+      "-w",
+      "\n%{http_code}",
+      `http://127.0.0.1:${this.port}${path}`,
+    ], { timeoutMs: 5_000 });
+    const cut = r.stdout.lastIndexOf("\n");
+    const status = Number(r.stdout.slice(cut + 1)) || 0;
+    return { status, body: r.stdout.slice(0, Math.max(cut, 0)) };
+  }
+
+  private fail(msg: string): Error {
+    const exit = this.exited ? ` (agent exited with code ${this.exited.code})` : "";
+    return new Error(`${msg}${exit}\n--- agent log (tail) ---\n${this.logs()}`);
+  }
+
+  async waitReady(timeoutMs = 30_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    let last = "";
+    while (Date.now() < deadline) {
+      if (!this.running) throw this.fail("agent exited before it was ready");
+      const r = await this.get("/readyz?verbose");
+      if (r.status === 200) return;
+      last = `${r.status} ${r.body.trim()}`;
+      await new Promise((res) => setTimeout(res, 100));
+    }
+    throw this.fail(`agent not ready after ${timeoutMs} ms (last /readyz: ${last})`);
+  }
+
+  async debugPolicies(): Promise<DebugPolicies> {
+    const r = await this.get("/debug/policies");
+    if (r.status !== 200) throw this.fail(`/debug/policies answered ${r.status}: ${r.body}`);
+    return JSON.parse(r.body) as DebugPolicies;
+  }
+
+  /**
+   * Wait until the agent enforces exactly `expected` ("namespace/name" policies) and its rules
+   * are synced to that state. Returns the milliseconds it took.
+   */
+  async waitEnforced(expected: string[], timeoutMs = 20_000): Promise<number> {
+    const start = Date.now();
+    const want = JSON.stringify([...expected].sort());
+    let last: DebugPolicies | undefined;
+    while (Date.now() - start < timeoutMs) {
+      if (!this.running) throw this.fail("agent exited");
+      last = await this.debugPolicies();
+      if (
+        JSON.stringify([...last.policies].sort()) === want &&
+        last.rulesSyncedGeneration === last.generation
+      ) return Date.now() - start;
+      await new Promise((res) => setTimeout(res, 50));
+    }
+    throw this.fail(
+      `policies not enforced after ${timeoutMs} ms: want ${want}, have ${JSON.stringify(last)}`,
+    );
+  }
+
+  /** Send a signal (SIGKILL for the fail-open/closed checks) and wait for the process to end. */
+  async kill(signal: Deno.Signal = "SIGTERM", timeoutMs = 10_000): Promise<Deno.CommandStatus> {
+    try {
+      this.child.kill(signal);
+    } catch { /* already gone */ }
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<"late">((r) => timer = setTimeout(() => r("late"), timeoutMs));
+    const s = await Promise.race([this.child.status, late]);
+    clearTimeout(timer);
+    if (s === "late") {
+      try {
+        this.child.kill("SIGKILL");
+      } catch { /* gone */ }
+      return await this.child.status;
+    }
+    return s;
+  }
+}
+
+/**
+ * The directory the agent watches: the cluster model (Namespaces and Pods) in one file and the
+ * policies of the current case in another. Files are replaced atomically (write + rename), so the
+ * agent never reads half a file; rewriting the policy file applies a change live.
+ */
+export class ManifestDir {
+  private constructor(readonly path: string, private readonly staging: string) {}
+
+  static async create(): Promise<ManifestDir> {
+    const path = await Deno.makeTempDir({ prefix: "knplab-manifests-" });
+    const staging = await Deno.makeTempDir({ prefix: "knplab-staging-" });
+    return new ManifestDir(path, staging);
+  }
+
+  private async write(file: string, objects: unknown[]): Promise<void> {
+    const text = objects.map((o) => stringify(o)).join("---\n");
+    // Staged in a sibling temp dir (same filesystem), so the watcher never sees a partial file.
+    const tmp = `${this.staging}/${file}`;
+    await Deno.writeTextFile(tmp, text);
+    await Deno.rename(tmp, `${this.path}/${file}`);
+  }
+
+  writeModel(objects: unknown[]): Promise<void> {
+    return this.write("model.yaml", objects);
+  }
+
+  writePolicies(policies: unknown[]): Promise<void> {
+    return this.write("policies.yaml", policies);
+  }
+
+  async remove(): Promise<void> {
+    await Deno.remove(this.path, { recursive: true }).catch(() => {});
+    await Deno.remove(this.staging, { recursive: true }).catch(() => {});
+  }
+}

@@ -1,0 +1,325 @@
+/**
+ * Lab checks with real connections (root only): a node netns routing between nine pod netns, the
+ * real agent judging the first packet of every connection. Each check states the connectivity a
+ * user expects from a policy and compares it with what new TCP/UDP connections actually did.
+ *
+ *   deno test --frozen -A e2e/lab/lab_test.ts
+ */
+import assert from "node:assert/strict";
+import type { NetworkPolicy } from "../../src/policy/types.ts";
+import { LabAgent, ManifestDir } from "./agent.ts";
+import { clusterObjects, defaultPlan, type LabClusterPlan } from "./cluster.ts";
+import { assertMatrix, type Expectation } from "./matrix.ts";
+import { allPairs, probeMatrices, probeMatrix } from "./probe.ts";
+import { startServers } from "./servers.ts";
+import { cleanupStaleLabs, createLab, type Lab, run } from "./topology.ts";
+
+const PREFIX = "knplab";
+const isRoot = Deno.uid() === 0;
+// Child processes (servers, agent) outlive single steps by design; the lab's destroy() ends them.
+const labTest = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
+
+const nsOf = (key: string) => key.split("/")[0]!;
+const allowAll: Expectation = () => "allow";
+
+async function labNetns(prefix: string): Promise<string[]> {
+  const r = await run(["ip", "netns", "list"]);
+  return r.stdout.split("\n").map((l) => l.split(" ")[0]!).filter((n) => n.startsWith(prefix));
+}
+
+/** A lab with the 3x3 plan and servers; always destroyed, and proven gone, afterwards. */
+async function withLab(fn: (lab: Lab, plan: LabClusterPlan) => Promise<void>): Promise<void> {
+  await cleanupStaleLabs(PREFIX);
+  const plan = defaultPlan();
+  const lab = await createLab({ prefix: PREFIX, pods: plan.pods });
+  try {
+    await startServers(lab);
+    await fn(lab, plan);
+  } finally {
+    await lab.destroy();
+  }
+  assert.deepEqual(await labNetns(lab.prefix), [], "lab namespaces left behind");
+}
+
+/** withLab plus a running agent watching a manifest dir holding the plan's pods and `policies`. */
+async function withAgent(
+  policies: NetworkPolicy[],
+  opts: { failOpen?: boolean },
+  fn: (ctx: { lab: Lab; agent: LabAgent; dir: ManifestDir }) => Promise<void>,
+): Promise<void> {
+  await withLab(async (lab, plan) => {
+    const dir = await ManifestDir.create();
+    try {
+      await dir.writeModel(clusterObjects(plan, lab));
+      await dir.writePolicies(policies);
+      const agent = await LabAgent.start(lab, {
+        nodeName: plan.nodeName,
+        manifestsDir: dir.path,
+        failOpen: opts.failOpen ?? true,
+      });
+      try {
+        await agent.waitEnforced(policies.map(policyKey));
+        await fn({ lab, agent, dir });
+      } catch (e) {
+        // The agent's own account of what it did is the first thing to read on a failure.
+        console.error(`--- agent log (tail) ---\n${agent.logs()}`);
+        throw e;
+      } finally {
+        await agent.kill("SIGTERM");
+      }
+    } finally {
+      await dir.remove();
+    }
+  });
+}
+
+function policyKey(np: NetworkPolicy): string {
+  return `${np.metadata.namespace}/${np.metadata.name}`;
+}
+
+function policy(namespace: string, name: string, spec: NetworkPolicy["spec"]): NetworkPolicy {
+  return {
+    apiVersion: "networking.k8s.io/v1",
+    kind: "NetworkPolicy",
+    metadata: { namespace, name },
+    spec,
+  };
+}
+
+/** Apply `policies` live (rewrite the file) and wait until the agent enforces exactly them. */
+async function apply(agent: LabAgent, dir: ManifestDir, policies: NetworkPolicy[]) {
+  await dir.writePolicies(policies);
+  await agent.waitEnforced(policies.map(policyKey));
+}
+
+Deno.test("lab: stale-lab cleaner removes labs of dead runs only", labTest, async () => {
+  // A prefix of its own, so parallel runs of this test cannot clean each other's netns.
+  const prefix = `${PREFIX}st${Math.random().toString(36).slice(2, 6)}`;
+  const dead = `${prefix}-4194305-zzzz-node`; // above pid_max: that process cannot exist
+  const alive = `${prefix}-${Deno.pid}-zzzz-node`;
+  try {
+    for (const n of [dead, alive]) {
+      assert.equal((await run(["ip", "netns", "add", n])).code, 0);
+    }
+    assert.deepEqual(await cleanupStaleLabs(prefix), [dead]);
+    assert.deepEqual(await labNetns(`${prefix}-`), [alive]);
+  } finally {
+    for (const n of [dead, alive]) await run(["ip", "netns", "del", n]);
+  }
+});
+
+Deno.test(
+  "lab: without an agent every pod reaches every other; a DROP in the node is seen as deny",
+  labTest,
+  async () => {
+    await withLab(async (lab) => {
+      const [tcp, udp] = await probeMatrices(lab, allPairs(lab), [
+        { protocol: "TCP", port: 80 },
+        { protocol: "UDP", port: 81 },
+      ]);
+      assertMatrix("TCP 80, no rules", tcp!, allowAll);
+      assertMatrix("UDP 81, no rules", udp!, allowAll);
+      // Hand-made rule inside the lab's node netns: no NEW connection reaches y/b (its own
+      // connections, and their replies, still pass).
+      const yb = lab.pod("y/b").ip;
+      const drop = `-A FORWARD -d ${yb} -m conntrack --ctstate NEW -j DROP`;
+      const r = await lab.exec(lab.nodeNetns, ["iptables", ...drop.split(" ")]);
+      assert.equal(r.code, 0, r.stderr);
+      const denyYB: Expectation = (_f, to) => to === "y/b" ? "deny" : "allow";
+      const [tcp2, udp2] = await probeMatrices(lab, allPairs(lab), [
+        { protocol: "TCP", port: 80 },
+        { protocol: "UDP", port: 81 },
+      ]);
+      assertMatrix("TCP 80, DROP to y/b", tcp2!, denyYB);
+      assertMatrix("UDP 81, DROP to y/b", udp2!, denyYB);
+    });
+  },
+);
+
+Deno.test("lab: IPv6 addresses route between pods too (no agent)", labTest, async () => {
+  await cleanupStaleLabs(PREFIX);
+  const plan = defaultPlan();
+  const lab = await createLab({ prefix: PREFIX, pods: plan.pods.slice(0, 4), ipv6: true });
+  try {
+    assert.equal(lab.pod("x/a").ip6, "fd00:10:244::1:11");
+    await startServers(lab);
+    const [tcp, udp] = await probeMatrices(lab, allPairs(lab), [
+      { protocol: "TCP", port: 81 },
+      { protocol: "UDP", port: 80 },
+    ], { ipv6: true });
+    assertMatrix("TCP 81 over IPv6", tcp!, allowAll);
+    assertMatrix("UDP 80 over IPv6", udp!, allowAll);
+  } finally {
+    await lab.destroy();
+  }
+});
+
+Deno.test("lab: policies enforced by the agent on real connections", labTest, async (t) => {
+  await withAgent([], {}, async ({ lab, agent, dir }) => {
+    const pairs = allPairs(lab);
+    const tcp80 = () => probeMatrix(lab, pairs, "TCP", 80);
+
+    await t.step("no policy: everything allowed", async () => {
+      assertMatrix("TCP 80", await tcp80(), allowAll);
+    });
+
+    await t.step("default deny ingress in x", async () => {
+      await apply(agent, dir, [policy("x", "deny-ingress", {
+        podSelector: {},
+        policyTypes: ["Ingress"],
+      })]);
+      assertMatrix("TCP 80", await tcp80(), (_f, to) => nsOf(to) === "x" ? "deny" : "allow");
+    });
+
+    await t.step("default deny egress in x", async () => {
+      await apply(agent, dir, [policy("x", "deny-egress", {
+        podSelector: {},
+        policyTypes: ["Egress"],
+      })]);
+      assertMatrix("TCP 80", await tcp80(), (from) => nsOf(from) === "x" ? "deny" : "allow");
+    });
+
+    await t.step("pod and namespace selectors", async () => {
+      await apply(agent, dir, [policy("x", "allow-selected", {
+        podSelector: { matchLabels: { pod: "a" } },
+        ingress: [{
+          from: [
+            {
+              namespaceSelector: { matchLabels: { ns: "y" } },
+              podSelector: { matchLabels: { pod: "b" } },
+            },
+            { podSelector: { matchLabels: { pod: "c" } } }, // same namespace only: x/c
+          ],
+        }],
+      })]);
+      const allowed = new Set(["y/b", "x/c"]);
+      assertMatrix(
+        "TCP 80",
+        await tcp80(),
+        (from, to) => to !== "x/a" || allowed.has(from) ? "allow" : "deny",
+      );
+    });
+
+    await t.step("ipBlock with except", async () => {
+      await apply(agent, dir, [policy("x", "allow-cidr", {
+        podSelector: { matchLabels: { pod: "a" } },
+        ingress: [{ from: [{ ipBlock: { cidr: "10.244.2.0/24", except: ["10.244.2.12/32"] } }] }],
+      })]);
+      const allowed = new Set(["y/a", "y/c"]);
+      assertMatrix(
+        "TCP 80",
+        await tcp80(),
+        (from, to) => to !== "x/a" || allowed.has(from) ? "allow" : "deny",
+      );
+    });
+
+    await t.step("named port", async () => {
+      await apply(agent, dir, [policy("x", "allow-named-port", {
+        podSelector: { matchLabels: { pod: "a" } },
+        ingress: [{ ports: [{ port: "serve-81-tcp" }] }],
+      })]);
+      const [p80, p81] = await probeMatrices(lab, pairs, [
+        { protocol: "TCP", port: 80 },
+        { protocol: "TCP", port: 81 },
+      ]);
+      assertMatrix("TCP 80", p80!, (_f, to) => to === "x/a" ? "deny" : "allow");
+      assertMatrix("TCP 81", p81!, allowAll);
+    });
+
+    await t.step("UDP", async () => {
+      await apply(agent, dir, [policy("x", "allow-udp-81", {
+        podSelector: { matchLabels: { pod: "a" } },
+        ingress: [{ ports: [{ protocol: "UDP", port: 81 }] }],
+      })]);
+      const [u80, u81, t81] = await probeMatrices(lab, pairs, [
+        { protocol: "UDP", port: 80 },
+        { protocol: "UDP", port: 81 },
+        { protocol: "TCP", port: 81 },
+      ]);
+      const onlyUdp81: Expectation = (_f, to) => to === "x/a" ? "deny" : "allow";
+      assertMatrix("UDP 80", u80!, onlyUdp81);
+      assertMatrix("UDP 81", u81!, allowAll);
+      assertMatrix("TCP 81", t81!, onlyUdp81);
+    });
+
+    await t.step("live change: allow -> deny -> allow for new connections", async () => {
+      const allowIn = policy("x", "a-ingress", {
+        podSelector: { matchLabels: { pod: "a" } },
+        ingress: [{}],
+      });
+      const denyIn = policy("x", "a-ingress", {
+        podSelector: { matchLabels: { pod: "a" } },
+        policyTypes: ["Ingress"],
+      });
+      const toXA = lab.pods.filter((p) => p.namespace !== "x" || p.name !== "a")
+        .map((p) => ({ from: `${p.namespace}/${p.name}`, to: "x/a" }));
+      await apply(agent, dir, [allowIn]);
+      assertMatrix("allowed", await probeMatrix(lab, toXA, "TCP", 80), allowAll);
+      // Same policy name, new content: the change must reach the rules (generation moves).
+      const before = (await agent.debugPolicies()).generation;
+      await dir.writePolicies([denyIn]);
+      await waitGenerationAfter(agent, before);
+      assertMatrix("denied", await probeMatrix(lab, toXA, "TCP", 80), () => "deny");
+      const mid = (await agent.debugPolicies()).generation;
+      await dir.writePolicies([allowIn]);
+      await waitGenerationAfter(agent, mid);
+      assertMatrix("allowed again", await probeMatrix(lab, toXA, "TCP", 80), allowAll);
+    });
+  });
+});
+
+/** Wait for a generation newer than `before` whose rules are synced. */
+async function waitGenerationAfter(agent: LabAgent, before: number, timeoutMs = 20_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const d = await agent.debugPolicies();
+    if (d.generation > before && d.rulesSyncedGeneration === d.generation) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`no new synced generation after ${before} within ${timeoutMs} ms`);
+}
+
+const toXAFrom = (from: string[]) => from.map((f) => ({ from: f, to: "x/a" }));
+
+Deno.test(
+  "lab: fail-open: with the agent killed (SIGKILL), selected pods stay reachable",
+  labTest,
+  async () => {
+    const denyX = policy("x", "deny-ingress", { podSelector: {}, policyTypes: ["Ingress"] });
+    await withAgent([denyX], { failOpen: true }, async ({ lab, agent }) => {
+      const pairs = toXAFrom(["y/a", "z/b"]);
+      assertMatrix("agent up", await probeMatrix(lab, pairs, "TCP", 80), () => "deny");
+      await agent.kill("SIGKILL");
+      const [tcp, udp] = await probeMatrices(lab, pairs, [
+        { protocol: "TCP", port: 80 },
+        { protocol: "UDP", port: 80 },
+      ]);
+      assertMatrix("agent killed, TCP", tcp!, allowAll);
+      assertMatrix("agent killed, UDP", udp!, allowAll);
+    });
+  },
+);
+
+Deno.test(
+  "lab: fail-closed: with the agent killed (SIGKILL), new connections to selected pods fail",
+  labTest,
+  async () => {
+    const allowXA = policy("x", "a-ingress", {
+      podSelector: { matchLabels: { pod: "a" } },
+      ingress: [{}],
+    });
+    await withAgent([allowXA], { failOpen: false }, async ({ lab, agent }) => {
+      const pairs = [...toXAFrom(["y/a", "z/b"]), { from: "y/a", to: "y/b" }];
+      assertMatrix("agent up", await probeMatrix(lab, pairs, "TCP", 80), allowAll);
+      await agent.kill("SIGKILL");
+      // x/a is selected by a policy, so its traffic is queued and nobody answers; y/b is not.
+      const expect: Expectation = (_f, to) => to === "x/a" ? "deny" : "allow";
+      const [tcp, udp] = await probeMatrices(lab, pairs, [
+        { protocol: "TCP", port: 80 },
+        { protocol: "UDP", port: 80 },
+      ]);
+      assertMatrix("agent killed, TCP", tcp!, expect);
+      assertMatrix("agent killed, UDP", udp!, expect);
+    });
+  },
+);

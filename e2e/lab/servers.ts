@@ -1,0 +1,96 @@
+/**
+ * Starts the lab workloads: one small Deno process per pod netns serving TCP and UDP on every
+ * port (see pod_server.ts). SCTP is detected and reported as unsupported rather than faked.
+ */
+import type { Lab } from "./topology.ts";
+
+export const LAB_PORTS = [80, 81] as const;
+
+const POD_SERVER = new URL("./pod_server.ts", import.meta.url).pathname;
+
+export interface SctpSupport {
+  supported: boolean;
+  reason: string;
+}
+
+/**
+ * Whether SCTP probes can run here. The kernel must have SCTP (it shows /proc/sys/net/sctp), and
+ * even then Deno has no SCTP sockets, so the lab reports SCTP columns as skipped with this reason.
+ */
+export function sctpSupport(): SctpSupport {
+  try {
+    Deno.statSync("/proc/sys/net/sctp");
+  } catch {
+    return { supported: false, reason: "kernel has no SCTP sockets (CONFIG_IP_SCTP off)" };
+  }
+  return { supported: false, reason: "the lab servers (Deno) cannot open SCTP sockets" };
+}
+
+export interface LabServers {
+  ports: number[];
+  /** Kill the servers (lab.destroy() does it too). */
+  stop(): Promise<void>;
+}
+
+async function waitReady(child: Deno.ChildProcess, who: string, timeoutMs: number): Promise<void> {
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let buf = "";
+  const deadline = Date.now() + timeoutMs;
+  try {
+    while (!buf.includes('"ready":true')) {
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`server in ${who} not ready after ${timeoutMs} ms`);
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const chunk = await Promise.race([
+        reader.read(),
+        new Promise<"late">((r) => timer = setTimeout(() => r("late"), left)),
+      ]);
+      clearTimeout(timer);
+      if (chunk === "late") continue;
+      if (chunk.done) throw new Error(`server in ${who} exited before it was ready`);
+      buf += chunk.value;
+    }
+  } finally {
+    // Keep draining stdout so the server never blocks on a full pipe.
+    reader.releaseLock();
+    child.stdout.pipeTo(new WritableStream()).catch(() => {});
+  }
+}
+
+/** Start a server in every pod and return once all of them have bound all their sockets. */
+export async function startServers(
+  lab: Lab,
+  opts: { ports?: readonly number[]; timeoutMs?: number } = {},
+): Promise<LabServers> {
+  const ports = [...(opts.ports ?? LAB_PORTS)];
+  const ipv6 = lab.pods.some((p) => p.ip6);
+  const children = lab.pods.map((p) =>
+    lab.spawn(p.netns, [
+      Deno.execPath(),
+      "run",
+      "--no-config",
+      "--allow-net",
+      POD_SERVER,
+      `${p.namespace}/${p.name}`,
+      ports.join(","),
+      ...(ipv6 ? ["--ipv6"] : []),
+    ], { stdout: "piped", stderr: "inherit" })
+  );
+  const stop = async () => {
+    for (const c of children) {
+      try {
+        c.kill("SIGKILL");
+      } catch { /* exited */ }
+    }
+    await Promise.allSettled(children.map((c) => c.status));
+  };
+  try {
+    await Promise.all(
+      children.map((c, i) => waitReady(c, lab.pods[i]!.netns, opts.timeoutMs ?? 15_000)),
+    );
+  } catch (e) {
+    await stop();
+    throw e;
+  }
+  return { ports, stop };
+}

@@ -1,0 +1,93 @@
+/**
+ * Where the API server is and how to talk to it. client-node's KubeConfig does the loading and
+ * authentication (in-cluster token, kubeconfig users, exec plugins); the requests themselves go
+ * through Deno's own fetch: under Deno the npm `undici` fetch that client-node uses never ends a
+ * response body whose connection was cut, so a dropped watch would hang forever without a word.
+ */
+import { KubeConfig } from "@kubernetes/client-node";
+
+export interface KubeConfigOptions {
+  /** Path of a kubeconfig file; wins over the KUBECONFIG env var and in-cluster config. */
+  kubeconfig?: string;
+}
+
+/** `--kubeconfig`, else `KUBECONFIG`, else the pod's service account (the DaemonSet case). */
+export function loadKubeConfig(opts: KubeConfigOptions = {}): { kc: KubeConfig; origin: string } {
+  const kc = new KubeConfig();
+  const envPath = Deno.env.get("KUBECONFIG");
+  if (opts.kubeconfig) {
+    kc.loadFromFile(opts.kubeconfig);
+    return { kc, origin: opts.kubeconfig };
+  }
+  if (envPath) {
+    // KUBECONFIG may list several files (path-list); client-node merges them.
+    kc.loadFromDefault();
+    return { kc, origin: `KUBECONFIG=${envPath}` };
+  }
+  if (!Deno.env.get("KUBERNETES_SERVICE_HOST")) {
+    throw new Error(
+      "not running in a cluster (KUBERNETES_SERVICE_HOST is unset): pass --kubeconfig or set " +
+        "KUBECONFIG, or use --manifests to run without a cluster",
+    );
+  }
+  kc.loadFromCluster();
+  return { kc, origin: "in-cluster" };
+}
+
+export interface ApiClient {
+  readonly server: string;
+  /** GET `path` with `query`; the caller owns the body and the signal. */
+  get(path: string, query: Record<string, string>, signal: AbortSignal): Promise<Response>;
+  close(): void;
+}
+
+interface HttpsOptions {
+  headers?: Record<string, string>;
+  ca?: Uint8Array;
+  cert?: Uint8Array;
+  key?: Uint8Array;
+  rejectUnauthorized?: boolean;
+  auth?: string;
+}
+
+const decoder = new TextDecoder();
+
+export async function createApiClient(kc: KubeConfig): Promise<ApiClient> {
+  const cluster = kc.getCurrentCluster();
+  if (!cluster) throw new Error("kubeconfig has no current cluster");
+  const server = cluster.server.replace(/\/+$/, "");
+  const probe: HttpsOptions = {};
+  // Also validates the config: client-node refuses plain http without insecure-skip-tls-verify.
+  await kc.applyToHTTPSOptions(probe as never);
+  if (server.startsWith("https:") && probe.rejectUnauthorized === false) {
+    throw new Error(
+      "insecure-skip-tls-verify is set for an https server: Deno's fetch always verifies; " +
+        "give the cluster's CA (certificate-authority-data) instead",
+    );
+  }
+  const tls: Deno.CreateHttpClientOptions & { cert?: string; key?: string } = {};
+  if (probe.ca) tls.caCerts = [decoder.decode(probe.ca)];
+  if (probe.cert && probe.key) {
+    tls.cert = decoder.decode(probe.cert);
+    tls.key = decoder.decode(probe.key);
+  }
+  const client = Deno.createHttpClient(tls);
+
+  return {
+    server,
+    async get(path, query, signal) {
+      // Headers are computed per request: service-account tokens rotate and exec plugins expire.
+      const opts: HttpsOptions = {};
+      await kc.applyToHTTPSOptions(opts as never);
+      const headers = new Headers(opts.headers ?? {});
+      headers.set("Accept", "application/json");
+      if (opts.auth) headers.set("Authorization", `Basic ${btoa(opts.auth)}`);
+      const url = new URL(server + path);
+      for (const [k, v] of Object.entries(query)) url.searchParams.set(k, v);
+      return await fetch(url, { headers, signal, client });
+    },
+    close() {
+      client.close();
+    },
+  };
+}

@@ -1,0 +1,197 @@
+/**
+ * The watch half of an informer, on Deno's fetch. It plugs into client-node's ListWatch in place
+ * of client-node's own `Watch`, which under Deno loses abruptly cut connections and its own 30 s
+ * inactivity aborts without ever calling back (the informer then stops for good, silently).
+ *
+ * What it adds:
+ *   - `allowWatchBookmarks` + server-side `timeoutSeconds`: the API server ends every watch itself
+ *     after a few minutes and sends a bookmark about every minute, so a healthy watch is never
+ *     silent for long;
+ *   - a stall watchdog: no byte for `stallTimeoutMs` means the connection is dead (half-open TCP,
+ *     a proxy that swallowed the FIN): the request is aborted and ListWatch re-watches at once
+ *     from its last resourceVersion;
+ *   - objects are slimmed (see slim.ts) before ListWatch caches them.
+ */
+import type { Watch } from "@kubernetes/client-node";
+import type { ObjectKind } from "../policy/types.ts";
+import type { ApiClient } from "./api_client.ts";
+import { slimObject } from "./slim.ts";
+
+export interface WatchTransportOptions {
+  /** No byte on an open watch for this long: the watch is presumed dead. */
+  stallTimeoutMs: number;
+  /** Server-side watch duration; called per watch so it can be jittered. */
+  watchTimeoutSeconds: () => number;
+}
+
+export interface WatchHooks {
+  /** A watch request is about to be sent; the first call means the initial list was delivered. */
+  watchStarting(): void;
+  /** The server answered 200: events can flow. */
+  connected(): void;
+  /** An event line (incl. BOOKMARK) arrived. */
+  activity(): void;
+  /** The watchdog abandoned a silent watch after `silentMs`. */
+  stalled(silentMs: number): void;
+  /** The server sent an ERROR event (410 is handled by ListWatch with a relist). */
+  errorEvent(status: unknown): void;
+}
+
+/** An error ListWatch understands: `statusCode` 410 makes it relist; anything else stops it. */
+export class WatchHttpError extends Error {
+  constructor(readonly statusCode: number, message: string) {
+    super(message);
+    this.name = "WatchHttpError";
+  }
+}
+
+/** Streams that lived this long before ending cleanly were ended by the server's timeout. */
+const LONG_LIVED_MS = 5_000;
+
+type WatchCallback = (phase: string, apiObj: unknown, watchObj?: unknown) => void;
+type DoneCallback = (err: unknown) => void;
+
+export class DenoWatchTransport {
+  private closed = false;
+
+  constructor(
+    private readonly client: ApiClient,
+    private readonly kind: ObjectKind,
+    private readonly opts: WatchTransportOptions,
+    private readonly hooks: WatchHooks,
+  ) {}
+
+  /**
+   * No more watches: ListWatch may still call watch() after stop() (a list or a reconnect delay
+   * that was in flight); those get an already-aborted controller and never call back.
+   */
+  close(): void {
+    this.closed = true;
+  }
+
+  /** The shape client-node's ListWatch calls; `Watch` has private fields, hence the cast. */
+  asWatch(): Watch {
+    return this as unknown as Watch;
+  }
+
+  /**
+   * Same contract as client-node's Watch.watch: `done` is called exactly once when the stream ends
+   * or fails, but never after the returned controller was aborted by ListWatch (stop/restart).
+   */
+  watch(
+    path: string,
+    queryParams: Record<string, string | undefined>,
+    callback: WatchCallback,
+    done: DoneCallback,
+  ): Promise<AbortController> {
+    const external = new AbortController();
+    if (this.closed) {
+      external.abort();
+      return Promise.resolve(external);
+    }
+    this.hooks.watchStarting();
+    // Run detached: ListWatch stores the controller before any callback can fire.
+    void this.run(path, queryParams, callback, done, external);
+    return Promise.resolve(external);
+  }
+
+  private async run(
+    path: string,
+    queryParams: Record<string, string | undefined>,
+    callback: WatchCallback,
+    done: DoneCallback,
+    external: AbortController,
+  ): Promise<void> {
+    const internal = new AbortController();
+    const signal = AbortSignal.any([external.signal, internal.signal]);
+    let stalled = false;
+    let lastByte = Date.now();
+    const startedAt = Date.now();
+    const watchdog = setInterval(() => {
+      const silent = Date.now() - lastByte;
+      if (silent >= this.opts.stallTimeoutMs && !stalled) {
+        stalled = true;
+        this.hooks.stalled(silent);
+        internal.abort();
+      }
+    }, Math.max(50, Math.min(1000, this.opts.stallTimeoutMs / 4)));
+
+    const query: Record<string, string> = {
+      watch: "true",
+      allowWatchBookmarks: "true",
+      timeoutSeconds: String(this.opts.watchTimeoutSeconds()),
+    };
+    for (const [k, v] of Object.entries(queryParams)) if (v !== undefined) query[k] = v;
+
+    let err: unknown = null;
+    try {
+      const res = await this.client.get(path, query, signal);
+      if (res.status !== 200) {
+        const text = await res.text().catch(() => "");
+        throw new WatchHttpError(
+          res.status,
+          `watch ${path}: HTTP ${res.status} ${text.slice(0, 200)}`,
+        );
+      }
+      lastByte = Date.now();
+      this.hooks.connected();
+      const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
+      let pending = "";
+      for (;;) {
+        const { value, done: ended } = await reader.read();
+        if (ended) break;
+        lastByte = Date.now();
+        pending += value;
+        let nl: number;
+        while ((nl = pending.indexOf("\n")) >= 0) {
+          const line = pending.slice(0, nl).trim();
+          pending = pending.slice(nl + 1);
+          if (line) this.deliver(line, callback);
+        }
+      }
+      if (pending.trim()) this.deliver(pending.trim(), callback);
+    } catch (e) {
+      err = e;
+    } finally {
+      clearInterval(watchdog);
+    }
+    if (external.signal.aborted) return; // ListWatch stopped or replaced this watch itself
+    if (stalled) {
+      // ListWatch treats TimeoutError as "re-watch now from the last resourceVersion".
+      done(new DOMException(`${this.kind} watch silent too long`, "TimeoutError"));
+    } else if (err) {
+      done(err);
+    } else if (Date.now() - startedAt >= LONG_LIVED_MS) {
+      // The server's timeoutSeconds ran out: reconnect at once rather than after ListWatch's
+      // backoff for quiet streams (up to 30 s during which changes would wait).
+      done(new DOMException(`${this.kind} watch ended by server`, "TimeoutError"));
+    } else {
+      done(null); // short-lived clean end: let ListWatch's backoff prevent a tight loop
+    }
+  }
+
+  private deliver(line: string, callback: WatchCallback): void {
+    let ev: { type?: unknown; object?: unknown };
+    try {
+      ev = JSON.parse(line);
+    } catch {
+      this.hooks.errorEvent({ message: "unparsable watch line", line: line.slice(0, 200) });
+      return;
+    }
+    const type = typeof ev.type === "string" ? ev.type : "";
+    this.hooks.activity();
+    switch (type) {
+      case "ADDED":
+      case "MODIFIED":
+      case "DELETED":
+        callback(type, slimObject(this.kind, ev.object), ev);
+        return;
+      case "ERROR":
+        this.hooks.errorEvent(ev.object);
+        callback(type, ev.object ?? {}, ev);
+        return;
+      default: // BOOKMARK: only its resourceVersion matters to ListWatch
+        callback(type, ev.object ?? {}, ev);
+    }
+  }
+}

@@ -1,0 +1,453 @@
+/**
+ * The Kubernetes source against a fake API server: the real client-node informers (ListWatch)
+ * through our watch transport, feeding the real PolicyEngine. Every step ends with verdicts a
+ * user relies on: a change made in the "cluster" must change what the node allows.
+ *
+ * Needs: --allow-net=127.0.0.1 --allow-env --allow-read --allow-write=/tmp
+ */
+import assert from "node:assert/strict";
+import { createLogger, type Logger } from "../src/log.ts";
+import { AgentMetrics } from "../src/metrics.ts";
+import { PolicyEngine } from "../src/policy/engine.ts";
+import type { ObjectError } from "../src/policy/types.ts";
+import { applyEvent } from "../src/state/apply.ts";
+import type { StateEvent } from "../src/state/events.ts";
+import { createKubernetesSource, type KubernetesSourceOptions } from "../src/k8s/source.ts";
+import { FakeApiServer } from "./fake_apiserver.ts";
+
+// ------------------------------------------------------------------ cluster fixtures
+
+function ns(name: string, labels: Record<string, string> = {}) {
+  return { apiVersion: "v1", kind: "Namespace", metadata: { name, labels } };
+}
+
+function pod(namespace: string, name: string, ip: string, labels: Record<string, string>) {
+  return {
+    apiVersion: "v1",
+    kind: "Pod",
+    metadata: { namespace, name, labels, uid: `uid-${name}` },
+    spec: {
+      nodeName: "node-1",
+      containers: [{ name: "c", image: "nginx", ports: [{ name: "http", containerPort: 8080 }] }],
+    },
+    status: { phase: "Running", podIP: ip, podIPs: [{ ip }], hostIP: "192.168.0.1" },
+  };
+}
+
+function policy(namespace: string, name: string, spec: Record<string, unknown>) {
+  return {
+    apiVersion: "networking.k8s.io/v1",
+    kind: "NetworkPolicy",
+    metadata: { namespace, name },
+    spec,
+  };
+}
+
+const WEB_IP = "10.0.0.2";
+const CLIENT_IP = "10.0.1.2";
+const OTHER_IP = "10.0.2.2";
+
+/** prod/web; team-b/client; team-c/other. prod denies ingress except from team=b namespaces. */
+function seed(server: FakeApiServer): void {
+  server.apply("namespaces", ns("prod"));
+  server.apply("namespaces", ns("team-b", { team: "b" }));
+  server.apply("namespaces", ns("team-c", { team: "c" }));
+  server.apply("pods", pod("prod", "web", WEB_IP, { app: "web" }));
+  server.apply("pods", pod("team-b", "client", CLIENT_IP, { app: "client" }));
+  server.apply("pods", pod("team-c", "other", OTHER_IP, { app: "other" }));
+  server.apply(
+    "networkpolicies",
+    policy("prod", "allow-team-b", {
+      podSelector: { matchLabels: { app: "web" } },
+      policyTypes: ["Ingress"],
+      ingress: [{ from: [{ namespaceSelector: { matchLabels: { team: "b" } } }] }],
+    }),
+  );
+}
+
+// ------------------------------------------------------------------ harness
+
+interface Harness {
+  server: FakeApiServer;
+  engine: PolicyEngine;
+  metrics: AgentMetrics;
+  events: StateEvent[];
+  errors: ObjectError[];
+  logs: string[];
+  source: ReturnType<typeof createKubernetesSource>;
+  /** Records the event and applies it to the engine, as the agent does. */
+  sink(ev: StateEvent): void;
+  verdict(src: string, dst: string, port?: number): string;
+}
+
+async function withCluster(
+  opts: Partial<KubernetesSourceOptions> & { seed?: boolean; startSource?: boolean },
+  body: (h: Harness) => Promise<void>,
+): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "knp-k8s-test-" });
+  const server = new FakeApiServer();
+  const engine = new PolicyEngine();
+  const metrics = new AgentMetrics();
+  const events: StateEvent[] = [];
+  const errors: ObjectError[] = [];
+  const logs: string[] = [];
+  const log: Logger = createLogger({ verbosity: 2, format: "json", write: (l) => logs.push(l) });
+  if (opts.seed !== false) seed(server);
+  const source = createKubernetesSource({
+    kubeconfig: await server.writeKubeconfig(dir),
+    log,
+    metrics,
+    restartBackoff: { initialMs: 100, maxMs: 1000 },
+    ...opts,
+  });
+  const h: Harness = {
+    server,
+    engine,
+    metrics,
+    events,
+    errors,
+    logs,
+    source,
+    sink(ev) {
+      events.push(ev);
+      errors.push(...applyEvent(engine, ev));
+    },
+    verdict: (src, dst, port = 8080) =>
+      engine.evaluate({ src, dst, protocol: "TCP", port }).verdict,
+  };
+  try {
+    if (opts.startSource !== false) {
+      await source.start(h.sink);
+    }
+    await body(h);
+  } finally {
+    await source.stop();
+    await server.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+/** Polls `cond` every 10 ms; fails after `timeoutMs` with `what`. Returns the time it took. */
+async function waitFor(what: string, cond: () => boolean, timeoutMs = 5000): Promise<number> {
+  const t0 = performance.now();
+  while (!cond()) {
+    if (performance.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  return performance.now() - t0;
+}
+
+async function metricValue(
+  m: AgentMetrics,
+  name: string,
+  labels: Record<string, string>,
+): Promise<number> {
+  const metric = (await m.registry.getMetricsAsJSON()).find((x) => x.name === name);
+  const v = metric?.values.find((val) =>
+    Object.entries(labels).every(([k, want]) => val.labels[k] === want)
+  );
+  return v?.value ?? 0;
+}
+
+// ------------------------------------------------------------------ tests
+
+Deno.test("initial list: synced only after all three kinds, verdicts follow the cluster", async () => {
+  await withCluster({}, async (h) => {
+    assert.equal(h.source.synced(), true);
+    assert.deepEqual(h.errors, []);
+    assert.equal(h.verdict(CLIENT_IP, WEB_IP), "allow");
+    assert.equal(h.verdict(OTHER_IP, WEB_IP), "deny");
+    assert.equal(h.verdict(WEB_IP, OTHER_IP), "allow"); // egress not isolated
+    await waitFor("healthy", () => h.source.health().ok);
+  });
+});
+
+Deno.test("not synced until the last kind's list is delivered; watches ask for bookmarks", async () => {
+  await withCluster({ startSource: false }, async (h) => {
+    h.server.listDelayMs = { networkpolicies: 400 };
+    let resolved = false;
+    const started = h.source.start(h.sink).then(() => resolved = true);
+    await waitFor("pods listed", () => h.engine.stats().pods === 3);
+    // Pods and namespaces are in, policies are not: judging now would allow what prod denies.
+    assert.equal(h.source.synced(), false);
+    assert.equal(resolved, false);
+    assert.equal(h.source.health().ok, false);
+    await started;
+    assert.equal(h.source.synced(), true);
+    assert.equal(h.verdict(OTHER_IP, WEB_IP), "deny");
+    await waitFor("three watches", () => h.server.openWatches() === 3);
+    for (const kind of ["pods", "namespaces", "networkpolicies"] as const) {
+      const q = h.server.watchRequests(kind)[0]!.query;
+      assert.equal(q.get("allowWatchBookmarks"), "true");
+      assert.ok(Number(q.get("timeoutSeconds")) >= 300, "server-side watch timeout requested");
+      assert.ok(Number(q.get("resourceVersion")) > 0, "watch resumes from the list's version");
+    }
+  });
+});
+
+Deno.test("add, update and delete arrive in order and change verdicts", async () => {
+  await withCluster({}, async (h) => {
+    await waitFor("watches open", () => h.server.openWatches() === 3);
+    // Relabel team-c as team b: its pod becomes an allowed client.
+    h.server.apply("namespaces", ns("team-c", { team: "b" }));
+    const ms = await waitFor("namespace relabel", () => h.verdict(OTHER_IP, WEB_IP) === "allow");
+    // New deny-all egress policy in team-b.
+    h.server.apply(
+      "networkpolicies",
+      policy("team-b", "deny-egress", { podSelector: {}, policyTypes: ["Egress"] }),
+    );
+    await waitFor("egress deny", () => h.verdict(CLIENT_IP, WEB_IP) === "deny");
+    // Pod moves to a new IP: the old IP is no longer the pod.
+    h.server.apply("pods", pod("team-b", "client", "10.0.1.3", { app: "client" }));
+    await waitFor("pod IP change", () => h.verdict("10.0.1.3", WEB_IP) === "deny");
+    h.server.delete("networkpolicies", "team-b", "deny-egress");
+    await waitFor("policy delete", () => h.verdict("10.0.1.3", WEB_IP) === "allow");
+    h.server.delete("pods", "team-b", "client");
+    await waitFor("pod delete", () => h.engine.stats().pods === 2);
+    h.server.delete("namespaces", undefined, "team-c");
+    await waitFor("namespace delete", () => h.engine.stats().namespaces === 2);
+    const tail = h.events.slice(-6).map((e) =>
+      e.op === "delete" ? `delete ${e.kind} ${e.namespace ?? ""}/${e.name}` : `upsert ${e.kind}`
+    );
+    assert.deepEqual(tail, [
+      "upsert Namespace",
+      "upsert NetworkPolicy",
+      "upsert Pod",
+      "delete NetworkPolicy team-b/deny-egress",
+      "delete Pod team-b/client",
+      "delete Namespace /team-c",
+    ]);
+    console.log(`  event delivery latency: ${ms.toFixed(1)} ms`);
+  });
+});
+
+Deno.test("410 Gone: relist delivers deletes for objects that vanished unseen", async () => {
+  await withCluster({}, async (h) => {
+    await waitFor("watches open", () => h.server.openWatches() === 3);
+    h.server.deleteUnseen("pods", "team-b", "client");
+    h.server.deleteUnseen("networkpolicies", "prod", "allow-team-b");
+    h.server.compact();
+    await waitFor("relist", () => h.engine.stats().policies === 0 && h.engine.stats().pods === 2);
+    assert.ok(
+      h.events.some((e) => e.op === "delete" && e.kind === "Pod" && e.name === "client"),
+      "delete synthesized by the relist",
+    );
+    assert.equal(h.server.listRequests("pods").length, 2);
+    // prod/web is no longer isolated: everyone may connect.
+    assert.equal(h.verdict(OTHER_IP, WEB_IP), "allow");
+    // A 410 is not an outage: no restart counted, watching again.
+    await waitFor("watches reopened", () => h.server.openWatches() === 3);
+    assert.equal(h.source.health().ok, true);
+    h.server.apply(
+      "networkpolicies",
+      policy("prod", "deny-all", { podSelector: {}, policyTypes: ["Ingress"] }),
+    );
+    await waitFor("change after relist", () => h.verdict(CLIENT_IP, WEB_IP) === "deny");
+  });
+});
+
+Deno.test("abruptly cut watches: informer restarts, counts it, and later changes arrive", async () => {
+  await withCluster({}, async (h) => {
+    await waitFor("watches open", () => h.server.openWatches() === 3);
+    const t0 = performance.now();
+    assert.equal(h.server.cutWatches(), 3);
+    await waitFor("restart counted", () => h.logs.some((l) => l.includes("informer stopped")));
+    await waitFor("watches reopened", () => h.server.openWatches() === 3);
+    await waitFor("healthy again", () => h.source.health().ok);
+    const recoveredMs = performance.now() - t0;
+    assert.ok(
+      await metricValue(h.metrics, "kube_netpol_informer_restarts_total", {
+        kind: "pods",
+        cause: "error",
+      }) >= 1,
+    );
+    assert.equal(await metricValue(h.metrics, "kube_netpol_informer_up", { kind: "pods" }), 1);
+    // Restart resumes from the last resourceVersion: no relist.
+    assert.equal(h.server.listRequests("pods").length, 1);
+    h.server.apply("namespaces", ns("team-c", { team: "b" }));
+    await waitFor("change after cut", () => h.verdict(OTHER_IP, WEB_IP) === "allow");
+    console.log(`  recovered from an abrupt cut in ${recoveredMs.toFixed(0)} ms`);
+  });
+});
+
+Deno.test("cleanly ended watches resume from the last version without a restart", async () => {
+  await withCluster({}, async (h) => {
+    await waitFor("watches open", () => h.server.openWatches() === 3);
+    h.server.endWatches();
+    h.server.apply("namespaces", ns("team-c", { team: "b" }));
+    await waitFor("change after clean end", () => h.verdict(OTHER_IP, WEB_IP) === "allow");
+    await waitFor("watches reopened", () => h.server.openWatches() === 3);
+    assert.equal(h.server.listRequests("namespaces").length, 1);
+    assert.equal(
+      await metricValue(h.metrics, "kube_netpol_informer_restarts_total", {
+        kind: "namespaces",
+        cause: "error",
+      }),
+      0,
+    );
+  });
+});
+
+Deno.test("API outage keeps the last state, reports unhealthy, and recovers", async () => {
+  await withCluster({}, async (h) => {
+    await waitFor("watches open", () => h.server.openWatches() === 3);
+    const eventsBefore = h.events.length;
+    h.server.failStatus = 503;
+    h.server.cutWatches();
+    await waitFor("unhealthy", () => !h.source.health().ok);
+    await waitFor("several retries", () => h.server.watchRequests("pods").length >= 3);
+    assert.match(h.source.health().detail, /pods informer restarting/);
+    assert.equal(await metricValue(h.metrics, "kube_netpol_informer_up", { kind: "pods" }), 0);
+    // Nothing deleted, verdicts unchanged, still synced.
+    assert.equal(h.events.length, eventsBefore);
+    assert.equal(h.source.synced(), true);
+    assert.equal(h.verdict(CLIENT_IP, WEB_IP), "allow");
+    assert.equal(h.verdict(OTHER_IP, WEB_IP), "deny");
+    h.server.failStatus = 0;
+    h.server.apply("namespaces", ns("team-c", { team: "b" }));
+    await waitFor("change after outage", () => h.verdict(OTHER_IP, WEB_IP) === "allow", 5000);
+    await waitFor("healthy again", () => h.source.health().ok, 5000);
+  });
+});
+
+Deno.test("an invalid NetworkPolicy is rejected alone; the others stay enforced", async () => {
+  await withCluster({}, async (h) => {
+    h.server.apply(
+      "networkpolicies",
+      policy("team-b", "bad-cidr", {
+        podSelector: {},
+        policyTypes: ["Egress"],
+        egress: [{ to: [{ ipBlock: { cidr: "10.0.0.0/33" } }] }],
+      }),
+    );
+    await waitFor("error reported", () => h.errors.length > 0);
+    assert.match(h.errors[0]!.object, /NetworkPolicy team-b\/bad-cidr/);
+    assert.match(h.errors[0]!.field, /cidr/);
+    assert.equal(h.errors[0]!.source, "apiserver");
+    // The invalid policy did not isolate team-b; prod's policy still works.
+    assert.equal(h.verdict(CLIENT_IP, WEB_IP), "allow");
+    assert.equal(h.verdict(OTHER_IP, WEB_IP), "deny");
+    h.server.apply("namespaces", ns("team-c", { team: "b" }));
+    await waitFor("later change", () => h.verdict(OTHER_IP, WEB_IP) === "allow");
+  });
+});
+
+Deno.test("a dead watch (connected, silent) is detected by the watchdog and re-opened", async () => {
+  await withCluster({ stallTimeoutMs: 1000 }, async (h) => {
+    await waitFor("watches open", () => h.server.openWatches() === 3);
+    h.server.stallWatches("namespaces");
+    h.server.apply("namespaces", ns("team-c", { team: "b" })); // lost on the dead stream
+    const ms = await waitFor("change after stall", () => h.verdict(OTHER_IP, WEB_IP) === "allow");
+    assert.ok(ms >= 800, `arrived only after the watchdog fired (${ms.toFixed(0)} ms)`);
+    assert.equal(
+      await metricValue(h.metrics, "kube_netpol_informer_restarts_total", {
+        kind: "namespaces",
+        cause: "stall",
+      }),
+      1,
+    );
+    assert.equal(h.server.listRequests("namespaces").length, 1, "re-watch, not relist");
+    console.log(`  stalled watch recovered in ${ms.toFixed(0)} ms (stall timeout 1000 ms)`);
+  });
+});
+
+Deno.test("bookmarks keep a quiet watch alive: no stall re-watch while they flow", async () => {
+  await withCluster({ stallTimeoutMs: 600 }, async (h) => {
+    h.server.bookmarkIntervalMs = 150;
+    await waitFor("watches open", () => h.server.openWatches() === 3);
+    h.server.endWatches(); // re-open so the new watches get the bookmark timer
+    await waitFor("watches reopened", () => h.server.openWatches() === 3);
+    await new Promise((r) => setTimeout(r, 1500));
+    for (const kind of ["pods", "namespaces", "networkpolicies"]) {
+      assert.equal(
+        await metricValue(h.metrics, "kube_netpol_informer_restarts_total", {
+          kind,
+          cause: "stall",
+        }),
+        0,
+      );
+    }
+    assert.equal(h.server.watchRequests("pods").length, 2);
+    h.server.apply("namespaces", ns("team-c", { team: "b" }));
+    await waitFor("change after bookmarks", () => h.verdict(OTHER_IP, WEB_IP) === "allow");
+    // A bookmark's resourceVersion is a valid resume point: no relist happened.
+    assert.equal(h.server.listRequests("namespaces").length, 1);
+  });
+});
+
+Deno.test("stop() during a slow list returns promptly and delivers nothing afterwards", async () => {
+  await withCluster({ startSource: false }, async (h) => {
+    h.server.listDelayMs = { pods: 500, namespaces: 500, networkpolicies: 500 };
+    const started = h.source.start(h.sink);
+    await waitFor("lists requested", () => h.server.requests.length === 3);
+    const t0 = performance.now();
+    await h.source.stop();
+    await started; // start() resolves on stop even though nothing synced
+    assert.ok(performance.now() - t0 < 200, "stop did not wait for the lists");
+    await new Promise((r) => setTimeout(r, 700)); // the lists would have been answered by now
+    assert.deepEqual(h.events, []);
+    assert.equal(h.source.synced(), false);
+    assert.equal(h.server.watchRequests("pods").length, 0, "no watch opened after stop");
+  });
+});
+
+Deno.test("every request carries the kubeconfig's credentials", async () => {
+  await withCluster({}, async (h) => {
+    await waitFor("watches open", () => h.server.openWatches() === 3);
+    assert.ok(h.server.requests.length >= 6);
+    for (const r of h.server.requests) assert.equal(r.authorization, "Bearer fake-token");
+  });
+});
+
+Deno.test("failing lists are retried with growing delays, counted as list errors", async () => {
+  await withCluster({ startSource: false }, async (h) => {
+    h.server.failStatus = 500;
+    const started = h.source.start(h.sink);
+    // Backoff 100, 200, 400 ms: four list attempts of a kind take at least 700 ms.
+    const ms = await waitFor("4 pod lists", () => h.server.listRequests("pods").length >= 4);
+    assert.ok(ms >= 650, `retries were spaced out (${ms.toFixed(0)} ms)`);
+    assert.ok(
+      await metricValue(h.metrics, "kube_netpol_informer_restarts_total", {
+        kind: "pods",
+        cause: "list-error",
+      }) >= 3,
+    );
+    assert.equal(h.source.synced(), false);
+    assert.match(h.source.health().detail, /HTTP 500/);
+    h.server.failStatus = 0;
+    await started;
+    assert.equal(h.source.synced(), true);
+    assert.equal(h.verdict(OTHER_IP, WEB_IP), "deny");
+  });
+});
+
+Deno.test("lists are paged; every page is delivered before synced", async () => {
+  await withCluster({ listPageSize: 2 }, async (h) => {
+    assert.equal(h.engine.stats().pods, 3);
+    assert.equal(h.engine.stats().namespaces, 3);
+    assert.equal(h.server.listRequests("pods").length, 2);
+    assert.ok(h.server.listRequests("pods")[1]!.query.get("continue"));
+    assert.equal(h.verdict(OTHER_IP, WEB_IP), "deny");
+    // The watch starts from the paged list's version: a change after it arrives.
+    h.server.apply("namespaces", ns("team-c", { team: "b" }));
+    await waitFor("change after paged list", () => h.verdict(OTHER_IP, WEB_IP) === "allow");
+  });
+});
+
+Deno.test({
+  name: "a watch kept quiet for over 60 s (real time) still delivers the next change",
+  ignore: Deno.env.get("KNP_SKIP_SLOW") === "1",
+  async fn() {
+    // No bookmarks from this server: nothing flows for 65 s. client-node's own Watch would have
+    // aborted it at 30 s and, under Deno, never called back.
+    await withCluster({}, async (h) => {
+      await waitFor("watches open", () => h.server.openWatches() === 3);
+      await new Promise((r) => setTimeout(r, 65_000));
+      h.server.apply("namespaces", ns("team-c", { team: "b" }));
+      const ms = await waitFor("change after 65 s", () => h.verdict(OTHER_IP, WEB_IP) === "allow");
+      assert.ok(ms < 1000, `delivered on the open watch in ${ms.toFixed(0)} ms`);
+      assert.equal(h.source.health().ok, true);
+      console.log(`  change after 65 s of silence arrived in ${ms.toFixed(1)} ms`);
+    });
+  },
+});
