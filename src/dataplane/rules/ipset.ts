@@ -1,0 +1,84 @@
+/**
+ * The ipsets the iptables backends match on: `kube-netpol-<direction>-v4|v6`, type hash:ip.
+ * Rendering is pure (unit-tested); `IpsetSets` runs the batches through a CommandRunner.
+ */
+import { type CommandRunner, runChecked } from "./command.ts";
+import { diffMembers, QUEUE_SETS, type QueueSet } from "./queue_sets.ts";
+
+/** Every ipset we own starts with this; nothing else is ever created, changed or destroyed. */
+export const IPSET_PREFIX = "kube-netpol-";
+
+export function ipsetName(set: QueueSet): string {
+  return IPSET_PREFIX + set.name;
+}
+
+/** `ipset restore -exist` input creating our four sets (no-op for those that exist). */
+export function renderIpsetCreate(): string {
+  return QUEUE_SETS.map((s) =>
+    `create ${ipsetName(s)} hash:ip family ${s.family === 4 ? "inet" : "inet6"}\n`
+  ).join("");
+}
+
+/** `ipset restore -exist` input applying one set's diff: deletions first, then additions. */
+export function renderIpsetDiff(name: string, diff: { add: string[]; del: string[] }): string {
+  return diff.del.map((ip) => `del ${name} ${ip}\n`).join("") +
+    diff.add.map((ip) => `add ${name} ${ip}\n`).join("");
+}
+
+/** Members from `ipset save <name>` output (`add <name> <ip>` lines). */
+export function parseIpsetSave(name: string, text: string): string[] {
+  const members: string[] = [];
+  const prefix = `add ${name} `;
+  for (const line of text.split("\n")) {
+    if (line.startsWith(prefix)) {
+      const ip = line.slice(prefix.length).trim().split(/\s+/)[0];
+      if (ip) members.push(ip);
+    }
+  }
+  return members;
+}
+
+export class IpsetSets {
+  constructor(private readonly run: CommandRunner) {}
+
+  async create(): Promise<void> {
+    await runChecked(this.run, "ipset", ["restore", "-exist"], renderIpsetCreate());
+  }
+
+  /** Bring each set to `desired` (keyed by short set name) with one `ipset restore` batch. */
+  async sync(desired: Map<string, string[]>): Promise<{ added: number; removed: number }> {
+    const installed = await Promise.all(
+      QUEUE_SETS.map(async (s) => {
+        const name = ipsetName(s);
+        return parseIpsetSave(name, await runChecked(this.run, "ipset", ["save", name]));
+      }),
+    );
+    let batch = "";
+    let added = 0;
+    let removed = 0;
+    QUEUE_SETS.forEach((s, i) => {
+      const diff = diffMembers(desired.get(s.name) ?? [], installed[i] ?? []);
+      added += diff.add.length;
+      removed += diff.del.length;
+      batch += renderIpsetDiff(ipsetName(s), diff);
+    });
+    // -exist: a member that appeared or vanished meanwhile is not an error.
+    if (batch) await runChecked(this.run, "ipset", ["restore", "-exist"], batch);
+    return { added, removed };
+  }
+
+  /** Destroy those of our sets that exist. Fails while some rule still references one. */
+  async destroy(): Promise<void> {
+    const names = await this.existing();
+    if (names.length === 0) return;
+    await runChecked(this.run, "ipset", ["restore"], names.map((n) => `destroy ${n}\n`).join(""));
+  }
+
+  /** Names of our sets present in the kernel (empty when ipset itself is missing). */
+  async existing(): Promise<string[]> {
+    const res = await this.run.run("ipset", ["list", "-n"]);
+    if (res.code !== 0) return [];
+    const ours = new Set(QUEUE_SETS.map(ipsetName));
+    return res.stdout.split("\n").map((l) => l.trim()).filter((l) => ours.has(l));
+  }
+}

@@ -1,0 +1,133 @@
+/**
+ * nftables backend: one `table inet kube-netpol` holding the four queue sets, the `judge` chain
+ * and two base chains (forward, input) at priority filter-10, so we see packets before the usual
+ * filter-priority chains of other components. Needs the kernel's native nft `queue`
+ * (CONFIG_NFT_QUEUE); probe.ts only picks this backend when a throwaway queue rule loads.
+ *
+ * Everything is written as `nft -f` command batches, never by feeding `nft list` output back:
+ * on kernels that mix in iptables-nft, listed xt rules do not parse back to what they were.
+ */
+import type { Logger } from "../../log.ts";
+import {
+  hex,
+  type QueuedIPs,
+  type RuleBackend,
+  type RuleOptions,
+  validateRuleOptions,
+} from "./backend.ts";
+import { type CommandRunner, denoCommandRunner, runChecked } from "./command.ts";
+import { desiredMembers, diffMembers, QUEUE_SETS } from "./queue_sets.ts";
+
+export const NFT_TABLE = "inet kube-netpol";
+const JUDGE = "judge";
+/** Base chains and their hooks; see backend.ts for why forward and input. */
+const BASE_CHAINS = [{ name: "forward", hook: "forward" }, { name: "input", hook: "input" }];
+
+/** The statement that hands a packet to the verdict loop. */
+export function renderNftQueue(opts: RuleOptions): string {
+  return `queue num ${opts.queueId}${opts.failOpen ? " bypass" : ""}`;
+}
+
+/**
+ * One `nft -f` transaction creating or refreshing our table. `add` of an existing table/set/chain
+ * is a no-op, so set members survive a re-install; our chains are flushed and refilled in the
+ * same transaction, so the kernel never sees a half-built rule set.
+ */
+export function renderNftInstall(opts: RuleOptions): string {
+  const m = hex(opts.denyMark);
+  const marked = `meta mark & ${m} == ${m}`;
+  const isNew = `ct state new meta mark & ${m} != ${m}`;
+  const queue = renderNftQueue(opts);
+  const rule = (body: string) => `add rule ${NFT_TABLE} ${JUDGE} ${body}`;
+  const lines = [`add table ${NFT_TABLE}`];
+  for (const s of QUEUE_SETS) {
+    lines.push(`add set ${NFT_TABLE} ${s.name} { type ${s.family === 4 ? "ipv4" : "ipv6"}_addr; }`);
+  }
+  lines.push(
+    `add chain ${NFT_TABLE} ${JUDGE}`,
+    `flush chain ${NFT_TABLE} ${JUDGE}`,
+    rule(`${marked} meta l4proto tcp reject with tcp reset`),
+    rule(`${marked} meta l4proto udp reject with icmpx type port-unreachable`),
+    rule(`${marked} drop`),
+  );
+  for (const s of QUEUE_SETS) {
+    const match = `${s.family === 4 ? "ip" : "ip6"} ${
+      s.direction === "ingress" ? "daddr" : "saddr"
+    }`;
+    lines.push(rule(`${isNew} ${match} @${s.name} ${queue}`));
+  }
+  for (const b of BASE_CHAINS) {
+    lines.push(
+      `add chain ${NFT_TABLE} ${b.name} { type filter hook ${b.hook} priority filter - 10; policy accept; }`,
+      `flush chain ${NFT_TABLE} ${b.name}`,
+      `add rule ${NFT_TABLE} ${b.name} jump ${JUDGE}`,
+    );
+  }
+  return lines.join("\n") + "\n";
+}
+
+/** Deleting a table that may not exist: `add` first makes the batch succeed either way. */
+export const NFT_UNINSTALL = `add table ${NFT_TABLE}\ndelete table ${NFT_TABLE}\n`;
+
+/** One `nft -f` batch applying all set diffs; empty when nothing changes. */
+export function renderNftSetDiffs(diffs: Map<string, { add: string[]; del: string[] }>): string {
+  let out = "";
+  for (const [name, d] of diffs) {
+    if (d.del.length) out += `delete element ${NFT_TABLE} ${name} { ${d.del.join(", ")} }\n`;
+    if (d.add.length) out += `add element ${NFT_TABLE} ${name} { ${d.add.join(", ")} }\n`;
+  }
+  return out;
+}
+
+/** Set members from `nft -j list table inet kube-netpol`, keyed by set name. */
+export function parseNftSetMembers(json: string): Map<string, string[]> {
+  const members = new Map<string, string[]>();
+  const doc = JSON.parse(json) as { nftables?: Array<Record<string, unknown>> };
+  for (const item of doc.nftables ?? []) {
+    const set = item["set"] as { name?: string; elem?: unknown[] } | undefined;
+    if (!set?.name) continue;
+    // Plain address sets list bare strings; anything else is not ours to interpret.
+    members.set(set.name, (set.elem ?? []).filter((e): e is string => typeof e === "string"));
+  }
+  return members;
+}
+
+export class NftablesBackend implements RuleBackend {
+  readonly name = "nftables";
+
+  constructor(
+    private readonly opts: RuleOptions,
+    private readonly run: CommandRunner = denoCommandRunner,
+    private readonly log?: Logger,
+  ) {
+    validateRuleOptions(opts);
+  }
+
+  async install(): Promise<void> {
+    await runChecked(this.run, "nft", ["-f", "-"], renderNftInstall(this.opts));
+  }
+
+  async sync(ips: QueuedIPs): Promise<{ added: number; removed: number }> {
+    const { members, invalid } = desiredMembers(ips);
+    if (invalid.length) this.log?.warn("not queuing invalid pod IPs", { ips: invalid });
+    const installed = parseNftSetMembers(
+      await runChecked(this.run, "nft", ["-j", "list", "table", ...NFT_TABLE.split(" ")]),
+    );
+    const diffs = new Map<string, { add: string[]; del: string[] }>();
+    let added = 0;
+    let removed = 0;
+    for (const s of QUEUE_SETS) {
+      const d = diffMembers(members.get(s.name) ?? [], installed.get(s.name) ?? []);
+      diffs.set(s.name, d);
+      added += d.add.length;
+      removed += d.del.length;
+    }
+    const batch = renderNftSetDiffs(diffs);
+    if (batch) await runChecked(this.run, "nft", ["-f", "-"], batch);
+    return { added, removed };
+  }
+
+  async uninstall(): Promise<void> {
+    await runChecked(this.run, "nft", ["-f", "-"], NFT_UNINSTALL);
+  }
+}

@@ -1,0 +1,187 @@
+/**
+ * Picks the rule backend at start-up, and removes everything of every backend (`cleanup`).
+ *
+ * Order of preference:
+ *   1. nftables, when the kernel runs an nft `queue` rule: probed by loading a throwaway table
+ *      `inet kube-netpol-probe` with one queue rule in the agent's own netns, deleted right after.
+ *   2. iptables `-j NFQUEUE`, in the flavour the node already uses, decided like kube-proxy's
+ *      iptables wrapper: the flavour holding kubelet's hint chain (KUBE-IPTABLES-HINT or
+ *      KUBE-KUBELET-CANARY in the mangle table) wins; otherwise the one with more rules; a tie
+ *      (e.g. an empty node) goes to iptables-nft. Mixing flavours works in the kernel but makes
+ *      the node's rules hard to read for its operators, so we follow theirs.
+ * Leftovers of another backend (e.g. kept by a fail-closed exit before an upgrade) are removed
+ * once a backend is chosen, so no packet is queued twice.
+ */
+import type { Logger } from "../../log.ts";
+import type { RuleBackend, RuleOptions } from "./backend.ts";
+import { type CommandRunner, denoCommandRunner, runChecked } from "./command.ts";
+import { IpsetSets } from "./ipset.ts";
+import {
+  IPTABLES_CHAIN,
+  IptablesBackend,
+  iptablesBinary,
+  type IptablesFlavour,
+  removeIptablesRules,
+} from "./iptables.ts";
+import { NFT_TABLE, NFT_UNINSTALL, NftablesBackend, renderNftQueue } from "./nftables.ts";
+
+const PROBE_TABLE = "inet kube-netpol-probe";
+const HINT_CHAINS = ["KUBE-IPTABLES-HINT", "KUBE-KUBELET-CANARY"];
+const FLAVOURS: readonly IptablesFlavour[] = ["nft", "legacy"];
+
+export function renderNftQueueProbe(opts: RuleOptions): string {
+  return [
+    `add table ${PROBE_TABLE}`,
+    `add chain ${PROBE_TABLE} probe`,
+    `add rule ${PROBE_TABLE} probe ${renderNftQueue(opts)}`,
+    "",
+  ].join("\n");
+}
+const PROBE_CLEANUP = `add table ${PROBE_TABLE}\ndelete table ${PROBE_TABLE}\n`;
+
+/** Whether nft native `queue` works here; `why` is for the log. */
+export async function probeNftQueue(
+  opts: RuleOptions,
+  run: CommandRunner,
+): Promise<{ ok: boolean; why: string }> {
+  try {
+    const res = await run.run("nft", ["-f", "-"], renderNftQueueProbe(opts));
+    if (res.code === 0) return { ok: true, why: "kernel accepts nft queue rules" };
+    if (res.code === 127) return { ok: false, why: "nft is not installed" };
+    const detail = res.stderr.split("\n").find((l) => l.includes("Error")) ?? res.stderr.trim();
+    return { ok: false, why: `nft queue unavailable (${detail.trim()})` };
+  } finally {
+    await run.run("nft", ["-f", "-"], PROBE_CLEANUP);
+  }
+}
+
+interface FlavourState {
+  flavour: IptablesFlavour;
+  installed: boolean;
+  hint: boolean;
+  /** Rule lines (`-A`) in all tables of both families, ours excluded. */
+  rules: number;
+}
+
+async function inspectFlavour(flavour: IptablesFlavour, run: CommandRunner): Promise<FlavourState> {
+  const state: FlavourState = { flavour, installed: false, hint: false, rules: 0 };
+  for (const family of [4, 6] as const) {
+    const res = await run.run(iptablesBinary(flavour, family, "save"), []);
+    if (res.code === 127) continue;
+    state.installed = true;
+    if (res.code !== 0) continue;
+    for (const line of res.stdout.split("\n")) {
+      if (HINT_CHAINS.some((h) => line.startsWith(`:${h} `))) state.hint = true;
+      if (line.startsWith("-A ") && !line.includes(IPTABLES_CHAIN)) state.rules++;
+    }
+  }
+  return state;
+}
+
+/** The iptables flavour the node uses (see the module comment), with the reason. */
+export function pickIptablesFlavour(
+  states: FlavourState[],
+): { flavour: IptablesFlavour; why: string } | undefined {
+  const present = states.filter((s) => s.installed);
+  const [a, b] = present;
+  if (!a) return undefined;
+  if (!b) return { flavour: a.flavour, why: `only iptables-${a.flavour} is installed` };
+  const hinted = present.filter((s) => s.hint);
+  if (hinted.length === 1 && hinted[0]) {
+    return {
+      flavour: hinted[0].flavour,
+      why: `kubelet's hint chain is in iptables-${hinted[0].flavour}`,
+    };
+  }
+  const nft = present.find((s) => s.flavour === "nft");
+  const legacy = present.find((s) => s.flavour === "legacy");
+  if (nft && legacy && legacy.rules > nft.rules) {
+    return {
+      flavour: "legacy",
+      why: `iptables-legacy has more rules (${legacy.rules} vs ${nft.rules})`,
+    };
+  }
+  return {
+    flavour: "nft",
+    why: `iptables-nft has as many rules or more (${nft?.rules} vs ${legacy?.rules})`,
+  };
+}
+
+export async function chooseBackend(
+  opts: RuleOptions,
+  log: Logger,
+  run: CommandRunner = denoCommandRunner,
+): Promise<RuleBackend> {
+  const nft = await probeNftQueue(opts, run);
+  let backend: RuleBackend;
+  let why: string;
+  if (nft.ok) {
+    backend = new NftablesBackend(opts, run, log);
+    why = nft.why;
+  } else {
+    const states = await Promise.all(FLAVOURS.map((f) => inspectFlavour(f, run)));
+    const pick = pickIptablesFlavour(states);
+    if (!pick) throw new Error(`no rule backend: ${nft.why}, and no iptables binaries found`);
+    backend = new IptablesBackend(pick.flavour, opts, run, log);
+    why = `${nft.why}; ${pick.why}`;
+  }
+  log.info("rule backend chosen", { backend: backend.name, reason: why });
+  await removeOtherBackends(backend.name, run, log);
+  return backend;
+}
+
+async function nftTableExists(run: CommandRunner): Promise<boolean> {
+  return (await run.run("nft", ["list", "table", ...NFT_TABLE.split(" ")])).code === 0;
+}
+
+async function removeOtherBackends(keep: RuleBackend["name"], run: CommandRunner, log: Logger) {
+  if (keep !== "nftables" && await nftTableExists(run)) {
+    await runChecked(run, "nft", ["-f", "-"], NFT_UNINSTALL);
+    log.warn("removed leftover rules of another backend", { backend: "nftables" });
+  }
+  for (const flavour of FLAVOURS) {
+    if (keep === `iptables-${flavour}`) continue;
+    if (await removeIptablesRules(flavour, run)) {
+      log.warn("removed leftover rules of another backend", { backend: `iptables-${flavour}` });
+    }
+  }
+}
+
+/**
+ * Remove kube-netpol's table, chains, jump rules and sets from every backend flavour (the
+ * `cleanup` subcommand). Goes on after a failed step and throws at the end if any failed.
+ */
+export async function cleanupAll(
+  log: Logger,
+  run: CommandRunner = denoCommandRunner,
+): Promise<void> {
+  const failures: unknown[] = [];
+  const step = async (what: string, fn: () => Promise<boolean>) => {
+    try {
+      if (await fn()) log.info("removed", { what });
+    } catch (e) {
+      failures.push(e);
+      log.error("cleanup step failed", { what, error: e instanceof Error ? e.message : String(e) });
+    }
+  };
+  await step("nftables table inet kube-netpol", async () => {
+    if (!(await nftTableExists(run))) return false;
+    await runChecked(run, "nft", ["-f", "-"], NFT_UNINSTALL);
+    return true;
+  });
+  for (const flavour of FLAVOURS) {
+    await step(
+      `iptables-${flavour} chain ${IPTABLES_CHAIN} and jumps`,
+      () => removeIptablesRules(flavour, run),
+    );
+  }
+  // Sets last: the kernel refuses to destroy a set while any rule still references it.
+  const sets = new IpsetSets(run);
+  await step("ipsets kube-netpol-*", async () => {
+    if ((await sets.existing()).length === 0) return false;
+    await sets.destroy();
+    return true;
+  });
+  if (failures.length) throw new AggregateError(failures, "cleanup incomplete");
+  log.info("cleanup done");
+}

@@ -1,0 +1,68 @@
+/**
+ * The four queue sets (ingress/egress x IPv4/IPv6) and the member diff both backends apply.
+ * Pure: no commands run here.
+ */
+import type { QueuedIPs } from "./backend.ts";
+import { type IPFamily, parseIP } from "./ip_addr.ts";
+
+export type Direction = "ingress" | "egress";
+
+export interface QueueSet {
+  direction: Direction;
+  family: IPFamily;
+  /** Short name, e.g. `ingress-v4`: the nft set name; ipset names add the `kube-netpol-` prefix. */
+  name: string;
+}
+
+export const QUEUE_SETS: readonly QueueSet[] = [
+  { direction: "ingress", family: 4, name: "ingress-v4" },
+  { direction: "ingress", family: 6, name: "ingress-v6" },
+  { direction: "egress", family: 4, name: "egress-v4" },
+  { direction: "egress", family: 6, name: "egress-v6" },
+];
+
+export interface SetDiff {
+  /** Desired members missing from the kernel, as the caller wrote them. */
+  add: string[];
+  /** Installed members no longer desired, as the kernel printed them (so the tool accepts them). */
+  del: string[];
+}
+
+/** Desired members of each queue set; strings that are not IP addresses are reported, not used. */
+export function desiredMembers(
+  ips: QueuedIPs,
+): { members: Map<string, string[]>; invalid: string[] } {
+  const members = new Map<string, string[]>(QUEUE_SETS.map((s) => [s.name, []]));
+  const invalid: string[] = [];
+  for (const set of QUEUE_SETS) {
+    for (const ip of ips[set.direction]) {
+      const parsed = parseIP(ip);
+      if (!parsed) {
+        if (set.family === 4) invalid.push(ip); // report each bad string once, not per family
+        continue;
+      }
+      if (parsed.family === set.family) members.get(set.name)?.push(ip);
+    }
+  }
+  return { members, invalid };
+}
+
+/** What to add and delete so that `installed` becomes `desired`, comparing addresses, not text. */
+export function diffMembers(desired: readonly string[], installed: readonly string[]): SetDiff {
+  const installedByKey = new Map<string, string>();
+  for (const ip of installed) {
+    const p = parseIP(ip);
+    if (p) installedByKey.set(p.key, ip);
+  }
+  const desiredKeys = new Set<string>();
+  const add: string[] = [];
+  for (const ip of desired) {
+    const p = parseIP(ip);
+    if (!p || desiredKeys.has(p.key)) continue;
+    desiredKeys.add(p.key);
+    if (!installedByKey.has(p.key)) add.push(ip);
+  }
+  const del: string[] = [];
+  for (const [key, ip] of installedByKey) if (!desiredKeys.has(key)) del.push(ip);
+  return { add, del };
+}
