@@ -7,14 +7,15 @@
  *        {"stop": true}             -> out: {"stopped": true}, then exit
  *   out: {"ready": true} once the queue is bound; {"record": VerdictRecord} per record;
  *        {"error": "..."} if start-up fails (exit 1).
- * Usage: vl_agent.ts <queueId> <nodeName> <denyMark> <failOpen 0|1> [maxBatch]
+ * Usage: vl_agent.ts <queueId> <nodeName> <denyMark> <failOpen 0|1> [maxBatch] [logAllows 0|1]
  */
 import { VerdictLoop } from "../../src/dataplane/verdict_loop.ts";
 import { AgentMetrics } from "../../src/metrics.ts";
 import { createLogger } from "../../src/log.ts";
 import type { StateEvent } from "../../src/state/events.ts";
 
-const [queueArg, nodeName = "node", markArg = "0x100000", failOpenArg = "0", batchArg] = Deno.args;
+const [queueArg, nodeName = "node", markArg = "0x100000", failOpenArg = "0", batchArg, allowsArg] =
+  Deno.args;
 const enc = new TextEncoder();
 const out = (o: unknown) => Deno.stdout.writeSync(enc.encode(JSON.stringify(o) + "\n"));
 
@@ -29,7 +30,7 @@ try {
       failOpen: failOpenArg === "1",
       denyMark: Number(markArg),
       nodeName,
-      logAllows: true,
+      logAllows: allowsArg !== "0",
       ...(batchArg ? { maxBatch: Number(batchArg) } : {}),
     },
     metrics,

@@ -18,6 +18,7 @@ import {
   type VerdictRecord,
 } from "./verdict_protocol.ts";
 import { recordSnapshot } from "./verdict_stats.ts";
+import { startNfqueueStatsReader } from "./nfqueue_stats.ts";
 
 export type { VerdictLoopOptions, VerdictRecord };
 
@@ -32,6 +33,7 @@ export class VerdictLoop {
   private closed?: () => void;
   /** The worker ended on its own (failure): nothing to wait for at stop(). */
   private dead = false;
+  private stopStatsReader?: () => void;
 
   private constructor(
     private readonly worker: Worker,
@@ -68,6 +70,8 @@ export class VerdictLoop {
         const msg = e.data;
         if (msg.type === "ready") {
           bound = true;
+          // The kernel's own counters for our queue (backlog, drops): every 5 s.
+          loop.stopStatsReader = startNfqueueStatsReader(opts.queueId, metrics, loop.log);
           resolve(loop);
         } else if (msg.type === "failed") {
           if (!bound) {
@@ -143,6 +147,7 @@ export class VerdictLoop {
       const closed = this.dead
         ? Promise.resolve()
         : new Promise<void>((resolve) => this.closed = resolve);
+      this.stopStatsReader?.();
       Atomics.store(this.control, SLOT_STOP, 1);
       let timer: ReturnType<typeof setTimeout> | undefined;
       const timedOut = await Promise.race([

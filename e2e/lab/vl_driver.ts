@@ -1,0 +1,179 @@
+/**
+ * Test-side handle on vl_agent.ts running in a lab netns, plus the minimal queue rules the
+ * verdict-loop lab and bench install in the node netns (the product's own rules live in
+ * src/dataplane/rules/; these are the smallest set honouring the same mark contract).
+ */
+import type { Lab } from "./topology.ts";
+import type { StateEvent } from "../../src/state/events.ts";
+import type { VerdictRecord } from "../../src/dataplane/verdict_loop.ts";
+
+const VL_AGENT = new URL("./vl_agent.ts", import.meta.url).pathname;
+const LIB_DIR = "/usr/lib/x86_64-linux-gnu";
+
+/** The narrowest permissions the verdict loop runs with: FFI scoped to the two libraries. */
+export const VERDICT_LOOP_PERMISSIONS = [
+  `--allow-ffi=${LIB_DIR}/libnetfilter_queue.so.1,${LIB_DIR}/libc.so.6`,
+  "--allow-read",
+];
+
+export interface QueueRuleOptions {
+  queueId: number;
+  denyMark: number;
+  /** iptables chain to hook (FORWARD for pod to pod through the node). */
+  chain?: string;
+  bypass?: boolean;
+  /** Also install for IPv6. */
+  ipv6?: boolean;
+  /** Only queue packets to this destination (default: every new connection). */
+  dst?: string;
+}
+
+/** Reject marked packets first, then queue new unmarked connections (see marks.ts). */
+export async function installQueueRules(lab: Lab, o: QueueRuleOptions): Promise<void> {
+  const chain = o.chain ?? "FORWARD";
+  const m = `0x${o.denyMark.toString(16)}/0x${o.denyMark.toString(16)}`;
+  for (
+    const [bin, unreach] of [["iptables", "icmp-port-unreachable"], [
+      "ip6tables",
+      "icmp6-port-unreachable",
+    ]] as const
+  ) {
+    if (bin === "ip6tables" && !o.ipv6) continue;
+    const rules = [
+      ["-p", "tcp", "-m", "mark", "--mark", m, "-j", "REJECT", "--reject-with", "tcp-reset"],
+      ["-p", "udp", "-m", "mark", "--mark", m, "-j", "REJECT", "--reject-with", unreach],
+      ["-m", "mark", "--mark", m, "-j", "DROP"],
+      [
+        ...(o.dst && bin === "iptables" ? ["-d", o.dst] : []),
+        ...["-m", "conntrack", "--ctstate", "NEW", "-m", "mark", "!", "--mark", m],
+        ...["-j", "NFQUEUE", "--queue-num", String(o.queueId)],
+        ...(o.bypass ? ["--queue-bypass"] : []),
+      ],
+    ];
+    for (const r of rules) {
+      const res = await lab.exec(lab.nodeNetns, [bin, "-w", "5", "-A", chain, ...r]);
+      if (res.code !== 0) throw new Error(`${bin} ${r.join(" ")}: ${res.stderr}`);
+    }
+  }
+}
+
+export async function flushQueueRules(lab: Lab, chain = "FORWARD"): Promise<void> {
+  for (const bin of ["iptables", "ip6tables"]) {
+    await lab.exec(lab.nodeNetns, [bin, "-w", "5", "-F", chain]);
+  }
+}
+
+// deno-lint-ignore no-explicit-any
+type Line = Record<string, any>;
+
+export class VlAgent {
+  readonly records: VerdictRecord[] = [];
+  private lines: Line[] = [];
+  private waiters: (() => void)[] = [];
+  private readonly writer: WritableStreamDefaultWriter<Uint8Array>;
+  private readonly done: Promise<void>;
+
+  private constructor(private readonly child: Deno.ChildProcess) {
+    this.writer = child.stdin.getWriter();
+    this.done = this.read();
+  }
+
+  /** Starts the agent in the node netns; resolves once its queue is bound. */
+  static async start(
+    lab: Lab,
+    opts: {
+      queueId: number;
+      nodeName: string;
+      denyMark: number;
+      failOpen: boolean;
+      maxBatch?: number;
+      logAllows?: boolean;
+    },
+  ): Promise<VlAgent> {
+    const child = lab.spawn(lab.nodeNetns, [
+      Deno.execPath(),
+      "run",
+      "--frozen",
+      ...VERDICT_LOOP_PERMISSIONS,
+      VL_AGENT,
+      String(opts.queueId),
+      opts.nodeName,
+      String(opts.denyMark),
+      opts.failOpen ? "1" : "0",
+      String(opts.maxBatch ?? 64),
+      opts.logAllows === false ? "0" : "1",
+    ], { stdin: "piped", stdout: "piped", stderr: "inherit" });
+    const agent = new VlAgent(child);
+    const first = await agent.next((l) => "ready" in l || "error" in l, 30_000);
+    if (first.error) throw new Error(`vl_agent: ${first.error}`);
+    return agent;
+  }
+
+  private async read(): Promise<void> {
+    let buf = "";
+    for await (const chunk of this.child.stdout.pipeThrough(new TextDecoderStream())) {
+      buf += chunk;
+      let nl: number;
+      while ((nl = buf.indexOf("\n")) >= 0) {
+        const line = JSON.parse(buf.slice(0, nl)) as Line;
+        buf = buf.slice(nl + 1);
+        if (line.record) this.records.push(line.record);
+        else this.lines.push(line);
+        for (const w of this.waiters.splice(0)) w();
+      }
+    }
+    for (const w of this.waiters.splice(0)) w();
+  }
+
+  /** The first unread line matching `pred` (consumed), waiting up to `timeoutMs`. */
+  async next(pred: (l: Line) => boolean, timeoutMs = 10_000): Promise<Line> {
+    const deadline = Date.now() + timeoutMs;
+    while (true) {
+      const i = this.lines.findIndex(pred);
+      if (i >= 0) return this.lines.splice(i, 1)[0]!;
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`vl_agent: no expected line within ${timeoutMs} ms`);
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([
+        new Promise<void>((r) => this.waiters.push(r)),
+        new Promise<void>((r) => timer = setTimeout(r, Math.min(left, 1000))),
+      ]);
+      clearTimeout(timer);
+    }
+  }
+
+  private async send(cmd: unknown): Promise<void> {
+    await this.writer.write(new TextEncoder().encode(JSON.stringify(cmd) + "\n"));
+  }
+
+  async apply(events: StateEvent[]): Promise<void> {
+    await this.send({ events });
+    await this.next((l) => "applied" in l);
+  }
+
+  async markSynced(): Promise<void> {
+    await this.send({ synced: true });
+    await this.next((l) => "synced" in l);
+  }
+
+  async metrics(): Promise<{ text: string; heartbeat: number }> {
+    await this.send({ metrics: true });
+    const l = await this.next((x) => "metrics" in x);
+    return { text: l.metrics as string, heartbeat: l.heartbeat as number };
+  }
+
+  /** Graceful stop (unbinds the queue); kills the process if that takes too long. */
+  async stop(): Promise<void> {
+    try {
+      await this.send({ stop: true });
+      await this.next((l) => "stopped" in l, 5_000);
+    } catch {
+      try {
+        this.child.kill("SIGKILL");
+      } catch { /* exited */ }
+    }
+    await this.writer.close().catch(() => {});
+    await this.child.status;
+    await this.done.catch(() => {});
+  }
+}
