@@ -48,10 +48,19 @@ if (want("engine")) {
 if (want("packet")) {
   if (!root) human.push("Packet path: skipped (needs root for the namespace lab)", "");
   else {
-    const { formatPacketPath, runPacketPathBench } = await import("./packet_path.ts");
-    const r = await runPacketPathBench();
-    report.packetPath = r;
-    human.push(formatPacketPath(r), "");
+    // Its own process: it builds the C reference and owns the lab for its whole run.
+    const script = new URL("./packet_path.ts", import.meta.url).pathname;
+    const run = (json: boolean) =>
+      new Deno.Command(Deno.execPath(), {
+        args: ["run", "--frozen", "--allow-all", script, ...(json ? ["--json"] : [])],
+        stdout: "piped",
+        stderr: "inherit",
+      }).output();
+    const out = await run(values.json);
+    const text = new TextDecoder().decode(out.stdout);
+    if (!out.success) throw new Error("packet path benchmark failed");
+    if (values.json) report.packetPath = JSON.parse(text);
+    else human.push(text.trimEnd(), "");
   }
 }
 if (want("policy")) {

@@ -5,7 +5,7 @@
  * Run: deno bench --frozen bench/packet_parse_bench.ts
  */
 import { parsePacket } from "../src/packet/parse.ts";
-import { ipToCanonical } from "../src/packet/ip.ts";
+import { canonicalIP } from "../src/policy/cidr.ts";
 import { fromHex } from "../tests/fixtures/packets/build.ts";
 import tcp4Syn from "../tests/fixtures/packets/tcp4-syn.json" with { type: "json" };
 import tcp6Syn from "../tests/fixtures/packets/tcp6-syn.json" with { type: "json" };
@@ -32,8 +32,8 @@ Deno.bench(
   { group: "parse" },
   () => consume(parsePacket(v6Ext)),
 );
-Deno.bench("ipToCanonical, IPv6 text", { group: "text" }, () => {
-  sink += ipToCanonical("fd00:10:244:1::a")?.length ?? 0;
+Deno.bench("canonicalIP, IPv6 text", { group: "text" }, () => {
+  sink += canonicalIP("fd00:10:244:1::a")?.length ?? 0;
 });
 
 addEventListener("unload", () => {

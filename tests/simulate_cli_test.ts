@@ -73,7 +73,7 @@ Deno.test("simulate --probe shorthand and --matrix print a table with reasons on
     r.stdout,
     /ALLOW shop\/backend -> shop\/db TCP\/5432: egress: allowed by shop\/backend rule 0/,
   );
-  assert.match(r.stdout, /DENY  shop\/db -> shop\/backend TCP\/9000: .*isolated by/);
+  assert.match(r.stdout, /DENY {2}shop\/db -> shop\/backend TCP\/9000: .*isolated by/);
 });
 
 Deno.test("simulate reports every invalid object with file, object and field, and exits 1", async () => {

@@ -247,7 +247,10 @@ export class Agent {
     if (!this.source?.synced()) return;
     if (!this.loop?.synced) {
       this.loop?.markSynced();
-      this.log.info("state synced; judging packets", this.engine.stats() as unknown as Record<string, unknown>);
+      this.log.info(
+        "state synced; judging packets",
+        this.engine.stats() as unknown as Record<string, unknown>,
+      );
     }
     this.rules?.schedule();
   }
