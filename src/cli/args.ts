@@ -37,6 +37,9 @@ export function normalizeGoFlags(args: string[], spec: FlagSpec): string[] {
 }
 
 function closest(name: string, candidates: string[]): string | undefined {
+  // A truncated flag ("--nfqueue" for "--nfqueue-id") is the commonest slip.
+  const prefixed = candidates.filter((c) => c.startsWith(name));
+  if (prefixed.length === 1) return prefixed[0];
   let best: string | undefined;
   let bestScore = Infinity;
   for (const c of candidates) {

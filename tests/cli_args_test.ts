@@ -1,0 +1,52 @@
+/** The `run` flags as users of the Go original write them, and the errors for mistakes. */
+import assert from "node:assert/strict";
+import { parseRunFlags } from "../src/cli/run.ts";
+import { UsageError } from "../src/cli/args.ts";
+
+function opts(...args: string[]) {
+  const o = parseRunFlags(args);
+  assert.notEqual(o, "help");
+  return o as Exclude<typeof o, "help">;
+}
+
+Deno.test("run flags: defaults users of the original project expect", () => {
+  const o = opts("--hostname-override", "n1");
+  assert.equal(o.failOpen, true);
+  assert.equal(o.queueId, 100);
+  assert.equal(o.metricsAddress, ":9080");
+  assert.equal(o.verbosity, 2);
+  assert.equal(o.nodeName, "n1");
+});
+
+Deno.test("run flags: Go-style single dash, -v=N, and --fail-open=false all work", () => {
+  const o = opts(
+    "-v=4",
+    "-metrics-bind-address",
+    "127.0.0.1:9999",
+    "--fail-open=false",
+    "-nfqueue-id=7",
+  );
+  assert.equal(o.verbosity, 4);
+  assert.equal(o.metricsAddress, "127.0.0.1:9999");
+  assert.equal(o.failOpen, false);
+  assert.equal(o.queueId, 7);
+  assert.equal(opts("-v", "5").verbosity, 5);
+  assert.equal(opts("--fail-open").failOpen, true);
+  assert.deepEqual(opts("--manifests", "a", "--manifests", "b").manifests, ["a", "b"]);
+});
+
+Deno.test("run flags: mistakes are usage errors that say what is wrong", () => {
+  assert.throws(
+    () => parseRunFlags(["--nfqueue", "5"]),
+    (e: Error) =>
+      e instanceof UsageError &&
+      /unknown flag --nfqueue.*did you mean --nfqueue-id/.test(e.message),
+  );
+  assert.throws(
+    () => parseRunFlags(["--nfqueue-id", "70000"]),
+    /--nfqueue-id must be an integer from 0 to 65535/,
+  );
+  assert.throws(() => parseRunFlags(["--fail-open=maybe"]), /--fail-open takes true or false/);
+  assert.throws(() => parseRunFlags(["--log-format", "xml"]), /--log-format must be text or json/);
+  assert.throws(() => parseRunFlags(["extra"]), /unexpected argument "extra"/);
+});
