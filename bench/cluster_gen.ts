@@ -51,7 +51,8 @@ export function generateCluster(podCount: number, policyCount: number): Generate
         labels: { app: `app-${i % 20}`, tier: TIERS[i % 3]!, version: `v${i % 4}` },
       },
       spec: {
-        nodeName: `node-${i % 10}`,
+        // 100 pods per node, like a real node (kubelet's default limit is 110)
+        nodeName: `node-${Math.floor(i / 100)}`,
         containers: [{
           ports: [
             { name: "http", containerPort: 8080, protocol: "TCP" },
@@ -60,7 +61,11 @@ export function generateCluster(podCount: number, policyCount: number): Generate
           ],
         }],
       },
-      status: { phase: "Running", podIP: ip, hostIP: `192.168.0.${i % 10 + 1}` },
+      status: {
+        phase: "Running",
+        podIP: ip,
+        hostIP: `192.168.${Math.floor(i / 100) >> 8}.${Math.floor(i / 100) & 255}`,
+      },
     });
   }
   const policies: NetworkPolicy[] = [];

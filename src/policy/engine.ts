@@ -88,6 +88,8 @@ export class PolicyEngine {
   private readonly identities = new Map<string, number>();
   private readonly namespaceVersions = new Map<string, number>();
   private readonly ctx = new VerdictContext((ns) => this.namespaceLabels(ns));
+  /** Pods whose rule tables must be rebuilt (see prepare()). */
+  private readonly stale = new Set<PodEntry>();
 
   /** Increases on every change that can alter a verdict or the queued set. */
   get generation(): number {
@@ -235,6 +237,7 @@ export class PolicyEngine {
     const old = this.pods.get(key);
     if (!old) return false;
     this.pods.delete(key);
+    this.stale.delete(old);
     removeFromIndex(this.podsByNamespace, old.namespace, old);
     if (old.nodeName) removeFromIndex(this.podsByNode, old.nodeName, old);
     for (const ip of old.ips) {
@@ -266,7 +269,7 @@ export class PolicyEngine {
     }
     pod.ingress.sort(byKey);
     pod.egress.sort(byKey);
-    refreshKeys(pod);
+    this.refresh(pod);
   }
 
   // ---------------------------------------------------------------- policies
@@ -287,7 +290,7 @@ export class PolicyEngine {
       if (pod.hostNetwork || !policy.podSelector.matches(pod.labels)) continue;
       if (policy.ingress) insertSorted(pod.ingress, policy);
       if (policy.egress) insertSorted(pod.egress, policy);
-      refreshKeys(pod);
+      this.refresh(pod);
     }
     this._generation++;
     return [];
@@ -307,7 +310,7 @@ export class PolicyEngine {
       if (i >= 0) pod.ingress.splice(i, 1);
       const e = pod.egress.indexOf(old);
       if (e >= 0) pod.egress.splice(e, 1);
-      if (i >= 0 || e >= 0) refreshKeys(pod);
+      if (i >= 0 || e >= 0) this.refresh(pod);
     }
     return true;
   }
@@ -390,6 +393,28 @@ export class PolicyEngine {
     return { ingress: ingress.sort(), egress: egress.sort() };
   }
 
+  /**
+   * Build the rule tables of every pod whose selecting policies changed since the last call, so
+   * the verdict path never pays for it. Call after applying a batch of changes (the verdict loop
+   * does); tables are otherwise built on first use.
+   */
+  prepare(): number {
+    const n = this.stale.size;
+    for (const pod of this.stale) {
+      if (pod.ingress.length) {
+        pod.ingressTable ??= new RuleTable("ingress", pod.ingress, pod.namedPorts);
+      }
+      if (pod.egress.length) pod.egressTable ??= new RuleTable("egress", pod.egress, undefined);
+    }
+    this.stale.clear();
+    return n;
+  }
+
+  private refresh(pod: PodEntry): void {
+    resetTables(pod);
+    this.stale.add(pod);
+  }
+
   /** namespace/name of the pod owning `ip`, if any. */
   podAt(ip: string): string | undefined {
     const canonical = canonicalIP(ip);
@@ -417,7 +442,7 @@ export class PolicyEngine {
 }
 
 /** The pod's selecting policies changed: new explanation keys, tables rebuilt on next use. */
-function refreshKeys(pod: PodEntry): void {
+function resetTables(pod: PodEntry): void {
   pod.ingressKeys = pod.ingress.map((p) => p.key);
   pod.egressKeys = pod.egress.map((p) => p.key);
   pod.ingressTable = undefined;

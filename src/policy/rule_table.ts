@@ -4,8 +4,8 @@
  * Linear scans over every rule of every selecting policy made verdict time grow with policy
  * count (a pod selected by 25 policies scanned 25+ rules per deny). The table groups rules by the
  * protocol/port they allow, so a connection only looks at rules that can match its port, and
- * memoizes "which rule (if any) admits this peer" per bucket, keyed by the peer's identity
- * (namespace + namespace labels + pod labels): replicas of one client share the answer.
+ * memoizes "which selector rule (if any) admits this peer" per bucket, keyed by the peer's
+ * identity (namespace + namespace labels + pod labels): replicas of one client share the answer.
  *
  * Rules keep a global order (policy key, then rule index) so the explanation names the same
  * policy and rule as a plain scan would.
@@ -19,8 +19,6 @@ export interface OrderedRule {
   order: number;
   policy: CompiledPolicy;
   rule: CompiledRule;
-  /** True when some peer is an ipBlock or the rule has no peers: the answer depends on the IP. */
-  matchesIPs: boolean;
 }
 
 /** What the table needs to know about the pod at the other end of the connection. */
@@ -41,58 +39,95 @@ export interface PeerContext {
 const MEMO_LIMIT = 4096;
 const PROTOCOL_INDEX: Record<string, number> = { TCP: 0, UDP: 1, SCTP: 2 };
 
+/**
+ * The rules of one port (or range, or "any"), split by what their peers look at: selector peers
+ * depend only on the peer pod's identity, so their answer is memoized per identity; ipBlock peers
+ * depend on the address and are few, so they are scanned (with an early exit once a memoized
+ * selector match is earlier). A rule without peers matches anything and sits in both halves.
+ */
 class Bucket {
-  readonly rules: OrderedRule[] = [];
+  private readonly bySelector: OrderedRule[] = [];
+  private readonly byAddress: OrderedRule[] = [];
+  /** First peerless rule: what a non-pod peer matches on the selector side. */
+  private firstPeerless: OrderedRule | null = null;
   private memo = new Map<number, OrderedRule | null>();
-  private anyIPRule = false;
 
   add(r: OrderedRule): void {
-    this.rules.push(r);
-    if (r.matchesIPs) this.anyIPRule = true;
+    const peers = r.rule.peers;
+    if (peers === null || peers.some((p) => p.kind === "pods")) this.bySelector.push(r);
+    if (peers === null || peers.some((p) => p.kind === "ipBlock")) this.byAddress.push(r);
   }
 
   seal(): void {
-    this.rules.sort((a, b) => a.order - b.order);
+    this.bySelector.sort((a, b) => a.order - b.order);
+    this.byAddress.sort((a, b) => a.order - b.order);
+    this.firstPeerless = this.bySelector.find((r) => r.rule.peers === null) ?? null;
   }
 
   /** First rule (in order) whose peers admit the peer. */
   first(ctx: PeerContext): OrderedRule | null {
+    let best: OrderedRule | null;
     const pod = ctx.pod;
-    // The memo is exact only when no rule looks at IPs: then pods with one identity are alike.
-    if (pod && !this.anyIPRule) {
+    if (pod) {
       const hit = this.memo.get(pod.identity);
-      if (hit !== undefined) return hit;
-      const found = scan(this.rules, ctx);
-      if (this.memo.size >= MEMO_LIMIT) this.memo = new Map();
-      this.memo.set(pod.identity, found);
-      return found;
+      if (hit !== undefined) best = hit;
+      else {
+        best = null;
+        for (const r of this.bySelector) {
+          if (r.rule.peers === null || selectorsAdmit(r, pod, ctx)) {
+            best = r;
+            break;
+          }
+        }
+        if (this.memo.size >= MEMO_LIMIT) this.memo = new Map();
+        this.memo.set(pod.identity, best);
+      }
+    } else best = this.firstPeerless;
+    for (const r of this.byAddress) {
+      if (best && r.order >= best.order) break;
+      if (r.rule.peers === null || addressAdmits(r, ctx)) return r;
     }
-    return scan(this.rules, ctx);
+    return best;
   }
 }
 
-function scan(rules: OrderedRule[], ctx: PeerContext): OrderedRule | null {
-  for (const r of rules) if (peersAdmit(r, ctx)) return r;
-  return null;
-}
-
-function peersAdmit(r: OrderedRule, ctx: PeerContext): boolean {
-  const peers = r.rule.peers;
-  if (peers === null) return true;
-  for (const p of peers) if (peerAdmits(p, r.policy.namespace, ctx)) return true;
+function selectorsAdmit(r: OrderedRule, pod: PeerView, ctx: PeerContext): boolean {
+  for (const p of r.rule.peers!) {
+    if (p.kind === "pods" && podPeerAdmits(p, r.policy.namespace, pod, ctx)) return true;
+  }
   return false;
 }
 
-function peerAdmits(p: CompiledPeer, policyNamespace: string, ctx: PeerContext): boolean {
-  if (p.kind === "ipBlock") {
+function addressAdmits(r: OrderedRule, ctx: PeerContext): boolean {
+  for (const p of r.rule.peers!) {
+    if (p.kind !== "ipBlock") continue;
     const ip = ctx.ip();
-    if (!ip || !p.cidr.contains(ip)) return false;
-    for (const e of p.except) if (e.contains(ip)) return false;
-    return true;
+    if (!ip || !p.cidr.contains(ip)) continue;
+    let excluded = false;
+    for (const e of p.except) {
+      if (e.contains(ip)) {
+        excluded = true;
+        break;
+      }
+    }
+    if (!excluded) return true;
   }
+  return false;
+}
+
+/** Full check of one rule's peers (used for egress named ports, which are not bucketed). */
+function peersAdmit(r: OrderedRule, ctx: PeerContext): boolean {
+  if (r.rule.peers === null) return true;
+  return (ctx.pod !== undefined && selectorsAdmit(r, ctx.pod, ctx)) || addressAdmits(r, ctx);
+}
+
+function podPeerAdmits(
+  p: Extract<CompiledPeer, { kind: "pods" }>,
+  policyNamespace: string,
+  pod: PeerView,
+  ctx: PeerContext,
+): boolean {
   // Selectors match pods only; hostNetwork pods and other IPs are not pods here.
-  const pod = ctx.pod;
-  if (!pod) return false;
   if (p.namespaceSelector) {
     if (!p.namespaceSelector.matches(ctx.namespaceLabels(pod.namespace))) return false;
   } else if (pod.namespace !== policyNamespace) return false;
@@ -119,12 +154,7 @@ export class RuleTable {
     let order = 0;
     for (const policy of selecting) {
       for (const rule of (direction === "ingress" ? policy.ingress : policy.egress) ?? []) {
-        const r: OrderedRule = {
-          order: order++,
-          policy,
-          rule,
-          matchesIPs: rule.peers === null || rule.peers.some((p) => p.kind === "ipBlock"),
-        };
+        const r: OrderedRule = { order: order++, policy, rule };
         if (rule.ports === null) {
           (this.anyProtocol ??= new Bucket()).add(r);
           continue;
