@@ -8,6 +8,7 @@
  */
 import { stringify } from "yaml";
 import type { Lab } from "./topology.ts";
+import { AGENT_PERMISSION_FLAGS } from "../../src/cli/permissions.ts";
 
 const MAIN_TS = new URL("../../main.ts", import.meta.url).pathname;
 const REPO_ROOT = new URL("../../", import.meta.url).pathname;
@@ -66,7 +67,8 @@ export class LabAgent {
       Deno.execPath(),
       "run",
       "--frozen",
-      "--allow-all", // FFI with pointers and /proc reads need it (see docs/design-notes)
+      // Exactly what the shipped binary gets, so every lab run proves the narrow permissions.
+      ...AGENT_PERMISSION_FLAGS,
       MAIN_TS,
       "run",
       "--manifests",

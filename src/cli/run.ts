@@ -174,10 +174,6 @@ export class Agent {
         invalid: [...this.invalid.values()].flat().map(formatObjectError),
       }),
     }, log);
-    log.info("serving metrics and health", {
-      address: opts.metricsAddress,
-      port: this.server.port,
-    });
 
     this.rules = await RuleSync.start(
       {
