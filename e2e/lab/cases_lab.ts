@@ -10,51 +10,21 @@
  */
 import { parseArgs } from "node:util";
 import { LabAgent, ManifestDir } from "./agent.ts";
-import { clusterObjects, defaultPlan, type LabClusterPlan } from "./cluster.ts";
+import { defaultPlan } from "./cluster.ts";
 import { allPairs, probeMatrices, verdictMatrix } from "./probe.ts";
 import { sctpSupport, startServers } from "./servers.ts";
 import { cleanupStaleLabs, createLab, type Lab } from "./topology.ts";
-import type { NetworkPolicy } from "../../src/policy/types.ts";
+import {
+  type ConnectivityCase,
+  formatMatrixDiff,
+  loadCases,
+  type Matrix,
+  resolvePlaceholders,
+  type Verdict,
+} from "../cases/format.ts";
+import { modelNamespaces, modelPods } from "../cases/model.ts";
 
-type Verdict = "allow" | "deny";
-type Matrix = Map<string, Map<string, Verdict>>;
-
-/** The part of e2e/cases (another engineer's module) this runner relies on. */
-export interface ConnectivityCase {
-  name: string;
-  file: string;
-  description: string;
-  policies: NetworkPolicy[];
-  expect: { protocol: "TCP" | "UDP" | "SCTP"; port: number; matrix: Matrix }[];
-}
-interface CasesModule {
-  loadCases(dir: string): Promise<ConnectivityCase[]> | ConnectivityCase[];
-  formatMatrixDiff(expected: Matrix, observed: Matrix): string;
-}
-
-const CASES_DIR = new URL("../cases/", import.meta.url).pathname;
-
-/** Loaded at run time, so this file type-checks while e2e/cases is still being written. */
-async function loadCasesModule(): Promise<CasesModule> {
-  const url = new URL("../cases/model.ts", import.meta.url).href;
-  const mod = await import(url) as Partial<CasesModule>;
-  if (typeof mod.loadCases !== "function" || typeof mod.formatMatrixDiff !== "function") {
-    throw new Error(`${url} does not export loadCases and formatMatrixDiff`);
-  }
-  return mod as CasesModule;
-}
-
-/** Own fallback diff, used only if the cases module's formatter throws. */
-function simpleDiff(expected: Matrix, observed: Matrix): string {
-  const lines: string[] = [];
-  for (const [from, row] of observed) {
-    for (const [to, got] of row) {
-      const want = expected.get(from)?.get(to);
-      if (want !== got) lines.push(`  ${from} -> ${to}: expected ${want}, observed ${got}`);
-    }
-  }
-  return lines.join("\n");
-}
+export const CASES_DIR = new URL("../cases/", import.meta.url).pathname;
 
 /** Keep only what the probes covered (no diagonal), so the comparison is like for like. */
 function restrict(expected: Matrix, observed: Matrix): Matrix {
@@ -77,52 +47,100 @@ function sameMatrix(a: Matrix, b: Matrix): boolean {
   return true;
 }
 
-interface CaseOutcome {
+export interface CaseOutcome {
   name: string;
   status: "pass" | "fail" | "error";
   checked: number;
   skipped: string[];
   ms: number;
+  /** Expected-vs-observed matrices of the columns that differed. */
+  diffs: string[];
 }
 
-async function runCase(
-  c: ConnectivityCase,
-  ctx: { lab: Lab; agent: LabAgent; dir: ManifestDir; cases: CasesModule; sctp: string },
-): Promise<CaseOutcome> {
-  const start = Date.now();
-  const skipped: string[] = [];
-  await ctx.dir.writePolicies(c.policies);
-  const enforceMs = await ctx.agent.waitEnforced(
-    c.policies.map((p) => `${p.metadata.namespace ?? "default"}/${p.metadata.name}`),
-  );
-  const combos = c.expect.filter((e) => {
-    if (e.protocol !== "SCTP") return true;
-    skipped.push(`SCTP ${e.port} (${ctx.sctp})`);
-    return false;
-  }) as { protocol: "TCP" | "UDP"; port: number; matrix: Matrix }[];
-  const observed = await probeMatrices(ctx.lab, allPairs(ctx.lab), combos);
-  let failed = false;
-  combos.forEach((e, i) => {
-    const seen = verdictMatrix(observed[i]!);
-    const want = restrict(e.matrix, seen);
-    if (sameMatrix(want, seen)) return;
-    failed = true;
-    let diff: string;
+/** One lab, servers and agent shared by every case; policies are swapped live between cases. */
+export class LabCaseRunner {
+  private constructor(
+    readonly lab: Lab,
+    private readonly agent: LabAgent,
+    private readonly dir: ManifestDir,
+    private readonly sctpReason: string,
+  ) {}
+
+  static async start(opts: { verbose?: boolean } = {}): Promise<LabCaseRunner> {
+    await cleanupStaleLabs("knpcase");
+    const plan = defaultPlan();
+    const lab = await createLab({ prefix: "knpcase", pods: plan.pods });
+    const dir = await ManifestDir.create();
     try {
-      diff = ctx.cases.formatMatrixDiff(want, seen);
-    } catch {
-      diff = simpleDiff(want, seen);
+      await startServers(lab);
+      const model = [
+        ...modelNamespaces(),
+        ...modelPods((ns, name) => ({
+          ip: lab.pod(`${ns}/${name}`).ip,
+          nodeName: plan.nodeName,
+          hostIP: lab.nodeIP,
+        })),
+      ];
+      await dir.writeModel(model);
+      await dir.writePolicies([]);
+      const agent = await LabAgent.start(lab, {
+        nodeName: plan.nodeName,
+        manifestsDir: dir.path,
+        echoLogs: opts.verbose,
+      });
+      return new LabCaseRunner(lab, agent, dir, sctpSupport().reason);
+    } catch (e) {
+      await lab.destroy();
+      await dir.remove();
+      throw e;
     }
-    console.log(`  ${e.protocol} ${e.port}: expected vs observed\n${diff}`);
-  });
-  console.log(`  enforced in ${enforceMs} ms`);
-  return {
-    name: c.name,
-    status: failed ? "fail" : "pass",
-    checked: combos.length,
-    skipped,
-    ms: Date.now() - start,
-  };
+  }
+
+  async run(c: ConnectivityCase): Promise<CaseOutcome> {
+    const start = Date.now();
+    const skipped: string[] = [];
+    const policies = resolvePlaceholders(c.policies, (ns, pod) => this.lab.pod(`${ns}/${pod}`).ip);
+    await this.dir.writePolicies(policies);
+    await this.agent.waitEnforced(
+      policies.map((p) => `${p.metadata.namespace ?? "default"}/${p.metadata.name}`),
+    );
+    const combos = c.expect.filter((e) => {
+      if (e.protocol !== "SCTP") return true;
+      skipped.push(`SCTP ${e.port} (${this.sctpReason})`);
+      return false;
+    }) as { protocol: "TCP" | "UDP"; port: number; matrix: Matrix }[];
+    const observed = await probeMatrices(this.lab, allPairs(this.lab), combos);
+    const diffs: string[] = [];
+    combos.forEach((e, i) => {
+      const seen = verdictMatrix(observed[i]!);
+      const want = restrict(e.matrix, seen);
+      if (!sameMatrix(want, seen)) {
+        diffs.push(`${e.protocol}/${e.port}:\n${formatMatrixDiff(want, seen)}`);
+      }
+    });
+    return {
+      name: c.name,
+      status: diffs.length ? "fail" : "pass",
+      checked: combos.length,
+      skipped,
+      ms: Date.now() - start,
+      diffs,
+    };
+  }
+
+  agentLogs(): string {
+    return this.agent.logs();
+  }
+
+  describe(): string {
+    return `node netns ${this.lab.nodeNetns}, manifests ${this.dir.path}`;
+  }
+
+  async stop(): Promise<void> {
+    await this.agent.kill("SIGTERM").catch(() => {});
+    await this.lab.destroy();
+    await this.dir.remove();
+  }
 }
 
 async function main(): Promise<number> {
@@ -146,8 +164,7 @@ async function main(): Promise<number> {
     return 2;
   }
   const deadline = Date.now() + Number(args["max-seconds"]) * 1000;
-  const cases = await loadCasesModule();
-  let all = await cases.loadCases(CASES_DIR);
+  let all = await loadCases(CASES_DIR);
   if (args.case?.length) {
     const wanted = new Set(args.case);
     const unknown = [...wanted].filter((n) => !all.some((c) => c.name === n));
@@ -157,24 +174,9 @@ async function main(): Promise<number> {
     }
     all = all.filter((c) => wanted.has(c.name));
   }
-  const sctp = sctpSupport();
-
-  const removed = await cleanupStaleLabs("knpcase");
-  if (removed.length) console.log(`removed ${removed.length} stale lab namespaces`);
-  const plan: LabClusterPlan = defaultPlan();
-  const lab = await createLab({ prefix: "knpcase", pods: plan.pods });
-  const dir = await ManifestDir.create();
+  const runner = await LabCaseRunner.start({ verbose: args.verbose });
   const outcomes: CaseOutcome[] = [];
-  let agent: LabAgent | undefined;
   try {
-    await startServers(lab);
-    await dir.writeModel(clusterObjects(plan, lab));
-    await dir.writePolicies([]);
-    agent = await LabAgent.start(lab, {
-      nodeName: plan.nodeName,
-      manifestsDir: dir.path,
-      echoLogs: args.verbose,
-    });
     for (const c of all) {
       if (Date.now() > deadline) {
         console.log(`time limit reached: ${all.length - outcomes.length} case(s) not run`);
@@ -182,36 +184,28 @@ async function main(): Promise<number> {
       }
       console.log(`case ${c.name} (${c.file}): ${c.description}`);
       try {
-        const o = await runCase(c, { lab, agent, dir, cases, sctp: sctp.reason });
+        const o = await runner.run(c);
         outcomes.push(o);
+        for (const d of o.diffs) console.log(`  expected vs observed, ${d}`);
         console.log(
           `  ${o.status.toUpperCase()} in ${o.ms} ms` +
             (o.skipped.length ? `; skipped ${o.skipped.join(", ")}` : ""),
         );
       } catch (e) {
-        outcomes.push({ name: c.name, status: "error", checked: 0, skipped: [], ms: 0 });
+        outcomes.push({ name: c.name, status: "error", checked: 0, skipped: [], ms: 0, diffs: [] });
         console.log(`  ERROR ${(e as Error).message}`);
       }
     }
   } finally {
-    if (args.keep) {
-      console.log(`kept lab ${lab.prefix}: node netns ${lab.nodeNetns}, manifests ${dir.path}`);
-      console.log(
-        `remove with: for n in $(ip netns list | grep -o '^${lab.prefix}-[^ ]*'); ` +
-          `do ip netns pids $n | xargs -r kill -9; ip netns del $n; done`,
-      );
-    } else {
-      await agent?.kill("SIGTERM");
-      await lab.destroy();
-      await dir.remove();
-    }
+    if (args.keep) console.log(`kept lab: ${runner.describe()}`);
+    else await runner.stop();
   }
   const pass = outcomes.filter((o) => o.status === "pass").length;
   const bad = outcomes.filter((o) => o.status !== "pass");
   const skipped = outcomes.reduce((n, o) => n + o.skipped.length, 0);
   console.log(
     `\n${pass}/${all.length} cases passed, ${bad.length} failed` +
-      (skipped ? `, ${skipped} SCTP matrices skipped (${sctp.reason})` : ""),
+      (skipped ? `, ${skipped} SCTP columns skipped (no SCTP sockets in this kernel)` : ""),
   );
   for (const o of bad) console.log(`  ${o.status}: ${o.name}`);
   return bad.length === 0 && outcomes.length === all.length ? 0 : 1;

@@ -5,6 +5,7 @@
  */
 import type { ContainerPort, Namespace, Pod } from "../../src/policy/types.ts";
 import type { Lab, LabPodSpec } from "./topology.ts";
+import { labIP, MODEL_NAMESPACES, MODEL_PODS } from "../cases/model.ts";
 
 export interface LabPodPlan extends LabPodSpec {
   labels: Record<string, string>;
@@ -28,32 +29,27 @@ export function servePorts(ports: readonly number[]): ContainerPort[] {
   );
 }
 
-/**
- * The 3x3 plan: namespaces x, y, z (label ns=<name>) with pods a, b, c (label pod=<name>);
- * x/a = 10.244.1.11 ... z/c = 10.244.3.13, the node is 10.244.0.1.
- */
+/** The case model (e2e/cases/model.ts) as a lab plan: same names, labels and IP plan. */
 export function defaultPlan(nodeName = "lab-node"): LabClusterPlan {
-  const nss = ["x", "y", "z"];
-  const names = ["a", "b", "c"];
   return {
     nodeName,
-    namespaces: nss.map((n) => ({
+    namespaces: MODEL_NAMESPACES.map((n) => ({
       name: n,
       labels: { ns: n, "kubernetes.io/metadata.name": n },
     })),
-    pods: nss.flatMap((ns, i) =>
-      names.map((name, j) => ({
-        namespace: ns,
+    pods: MODEL_PODS.map((key) => {
+      const [namespace, name] = key.split("/") as [string, string];
+      return {
+        namespace,
         name,
-        ip: `10.244.${i + 1}.${11 + j}`,
+        ip: labIP(key),
         labels: { pod: name },
         ports: servePorts([80, 81]),
-      }))
-    ),
+      };
+    }),
   };
 }
 
-/** Namespace and Pod objects for `plan`, with the addresses the lab actually gave the pods. */
 export function clusterObjects(plan: LabClusterPlan, lab: Lab): (Namespace | Pod)[] {
   const namespaces: Namespace[] = plan.namespaces.map((n) => ({
     apiVersion: "v1",
