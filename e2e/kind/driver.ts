@@ -45,6 +45,8 @@ export interface KindOptions {
   /** Probe rounds per case while waiting for a policy change to be enforced. */
   settleRounds: number;
   sleep: (ms: number) => Promise<void>;
+  /** Only print the plan: probes are issued but not compared. */
+  dryRun?: boolean;
 }
 
 export interface CaseResult {
@@ -285,6 +287,10 @@ export class KindDriver {
     const diffs: string[] = [];
     try {
       for (const e of c.expect) {
+        if (this.o.dryRun) {
+          await this.probeAll(ips, e.protocol, e.port);
+          continue;
+        }
         // A policy change takes a moment to reach every node: probe until it matches, bounded.
         let observed: Matrix = new Map();
         for (let round = 0; round < this.o.settleRounds; round++) {
@@ -302,7 +308,7 @@ export class KindDriver {
       }
     }
     for (const d of diffs) this.log(`  expected vs observed, ${d}`);
-    this.log(`  ${diffs.length ? "FAIL" : "PASS"}`);
+    this.log(`  ${this.o.dryRun ? "(dry run: not compared)" : diffs.length ? "FAIL" : "PASS"}`);
     return { name: c.name, pass: diffs.length === 0, diffs };
   }
 

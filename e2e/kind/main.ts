@@ -37,7 +37,8 @@ const driver = new KindDriver(dry ? dryRunExecutor(console.log) : realExecutor, 
   e2eTestBinary: values["e2e-test-binary"],
   probeTimeoutSeconds: 1,
   parallel: 12,
-  settleRounds: dry ? 1 : 4,
+  settleRounds: 4,
+  dryRun: dry,
   sleep: (ms) => new Promise((r) => setTimeout(r, dry ? 0 : ms)),
 }, console.log);
 try {
