@@ -71,6 +71,8 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
   }
   applyOne(msg.event);
   applied = msg.seq;
+  // End of a burst of changes: build the rule tables now, not on the next packet's path.
+  if (applied >= Atomics.load(control, SLOT_POSTED_SEQ)) engine.prepare();
   Atomics.store(control, SLOT_APPLIED_SEQ, applied);
   if (caughtUp && applied >= Atomics.load(control, SLOT_POSTED_SEQ)) {
     caughtUp();
