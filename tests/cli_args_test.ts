@@ -4,7 +4,7 @@ import { parseRunFlags } from "../src/cli/run.ts";
 import { UsageError } from "../src/cli/args.ts";
 
 function opts(...args: string[]) {
-  const o = parseRunFlags(args);
+  const o = parseRunFlags(["--hostname-override", "n1", ...args]);
   assert.notEqual(o, "help");
   return o as Exclude<typeof o, "help">;
 }

@@ -87,20 +87,24 @@ export function parseRunFlags(args: string[]): RunOptions | "help" {
   if (logFormat !== "text" && logFormat !== "json") {
     throw new UsageError(`--log-format must be text or json, not ${JSON.stringify(logFormat)}`);
   }
+  const numbers = {
+    queueId: intFlag(values, "nfqueue-id", 0, 65535),
+    queueMaxLen: intFlag(values, "queue-maxlen", 1, 1 << 20),
+    denyMark: intFlag(values, "deny-mark", 1, 0xffffffff),
+    verbosity: intFlag(values, "v", 0, 10),
+    denyLogRate: intFlag(values, "deny-log-rate", 1, 100000),
+  };
+  // Last: the hostname fallback needs a permission, and flag mistakes should be reported first.
   const nodeName = (values["hostname-override"] as string | undefined) ||
     Deno.env.get("NODE_NAME") || Deno.hostname();
   return {
+    ...numbers,
     kubeconfig: values.kubeconfig as string | undefined,
     manifests: (values.manifests as string[] | undefined) ?? [],
     nodeName,
     failOpen: values["fail-open"] as boolean,
-    queueId: intFlag(values, "nfqueue-id", 0, 65535),
-    queueMaxLen: intFlag(values, "queue-maxlen", 1, 1 << 20),
-    denyMark: intFlag(values, "deny-mark", 1, 0xffffffff),
     metricsAddress: values["metrics-bind-address"] as string,
-    verbosity: intFlag(values, "v", 0, 10),
     logFormat,
-    denyLogRate: intFlag(values, "deny-log-rate", 1, 100000),
   };
 }
 
