@@ -31,8 +31,17 @@ export const NFQ_SYMBOLS = {
   nfq_set_queue_flags: { parameters: ["pointer", "u32", "u32"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
-/** libc.so.6: socket I/O on the queue's netlink socket, and errno. */
+/**
+ * libc.so.6: socket I/O on the queue's netlink socket, errno, and plain file reads (for
+ * /proc/net/netfilter/nfnetlink_queue, which Deno's own file API only reads with --allow-all).
+ */
 export const LIBC_SYMBOLS = {
+  /** int open(const char *pathname, int flags) — pathname NUL-terminated in a JS buffer. */
+  open: { parameters: ["buffer", "i32"], result: "i32" },
+  /** ssize_t read(int fd, void *buf, size_t count) */
+  read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  /** int close(int fd) */
+  close: { parameters: ["i32"], result: "i32" },
   /** ssize_t recv(int sockfd, void *buf, size_t len, int flags) — blocks up to SO_RCVTIMEO. */
   recv: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
   /** ssize_t send(int sockfd, const void *buf, size_t len, int flags) */

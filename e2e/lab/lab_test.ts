@@ -265,6 +265,21 @@ Deno.test("lab: policies enforced by the agent on real connections", labTest, as
       await waitGenerationAfter(agent, mid);
       assertMatrix("allowed again", await probeMatrix(lab, toXA, "TCP", 80), allowAll);
     });
+
+    await t.step(
+      "metrics: judged packets counted, queue gauges read (narrow permissions)",
+      async () => {
+        const { status, body } = await agent.get("/metrics");
+        assert.equal(status, 200);
+        const value = (re: RegExp) => Number(re.exec(body)?.[1] ?? NaN);
+        assert.ok(value(/^packet_count\{verdict="deny",protocol="TCP",family="4"\} (\d+)/m) > 0);
+        assert.ok(
+          value(/^kube_netpol_verdicts_total\{direction="ingress",verdict="deny"\} (\d+)/m) > 0,
+        );
+        assert.match(body, /^nfqueue_queue_total\{queue="\d+"\} \d+/m, "read from /proc via libc");
+        assert.ok(value(/^nfqueue_packet_id\{queue="\d+"\} (\d+)/m) >= 0);
+      },
+    );
   });
 });
 

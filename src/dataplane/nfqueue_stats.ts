@@ -3,6 +3,7 @@
  * gauges. One line per bound queue, whitespace-separated (net/netfilter/nfnetlink_queue.c):
  *   queue_number peer_portid queue_total copy_mode copy_range queue_dropped user_dropped id_sequence 1
  */
+import { readFileViaLibc } from "../../ffi/file.ts";
 import type { Logger } from "../log.ts";
 import type { AgentMetrics } from "../metrics.ts";
 
@@ -56,8 +57,9 @@ export function recordNfqueueStats(metrics: AgentMetrics, stats: NfqueueStats[])
 
 /**
  * Reads the file every `intervalMs` and updates the gauges of `queueId` (other agents' queues on
- * the node are not ours to report). Reading /proc from Deno needs --allow-read of the path; a
- * failure is logged once and retried quietly. Returns a stop function.
+ * the node are not ours to report). The file is read through libc (ffi/file.ts): Deno's own file
+ * API would need --allow-all for /proc. A failure is logged once and retried quietly. Returns a
+ * stop function.
  */
 export function startNfqueueStatsReader(
   queueId: number,
@@ -65,13 +67,12 @@ export function startNfqueueStatsReader(
   log: Logger,
   intervalMs = 5000,
   path = NFQUEUE_PROC_PATH,
+  readText: (path: string) => string = readFileViaLibc,
 ): () => void {
   let warned = false;
-  const read = async () => {
+  const read = () => {
     try {
-      const stats = parseNfqueueStats(await Deno.readTextFile(path)).filter((s) =>
-        s.queue === queueId
-      );
+      const stats = parseNfqueueStats(readText(path)).filter((s) => s.queue === queueId);
       recordNfqueueStats(metrics, stats);
     } catch (e) {
       if (!warned) log.warn("cannot read nfqueue statistics", { path, error: String(e) });
