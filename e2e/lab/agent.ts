@@ -17,7 +17,9 @@ export interface LabAgentOptions {
   /** Node name the agent runs as (pods in the manifests must carry it as spec.nodeName). */
   nodeName: string;
   /** Directory with the manifests the agent watches (see ManifestDir). */
-  manifestsDir: string;
+  manifestsDir?: string;
+  /** Instead of manifests: a kubeconfig for an API server (e.g. the fake one, in the node netns). */
+  kubeconfig?: string;
   /** Default true; false starts the agent with --fail-open=false. */
   failOpen?: boolean;
   queueId?: number;
@@ -71,8 +73,9 @@ export class LabAgent {
       ...AGENT_PERMISSION_FLAGS,
       MAIN_TS,
       "run",
-      "--manifests",
-      opts.manifestsDir,
+      ...(opts.kubeconfig
+        ? ["--kubeconfig", opts.kubeconfig]
+        : ["--manifests", opts.manifestsDir ?? "."]),
       "--hostname-override",
       opts.nodeName,
       "--metrics-bind-address",
