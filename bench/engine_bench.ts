@@ -70,12 +70,17 @@ function connections(ips: string[], n: number, seed: number, localIPs?: string[]
   const out: Connection[] = [];
   for (let i = 0; i < n; i++) {
     const [protocol, port] = protos[Math.floor(rnd() * protos.length)]!;
-    const src = rnd() < 0.1
+    let src = rnd() < 0.1
       ? `203.0.113.${Math.floor(rnd() * 250)}`
       : ips[Math.floor(rnd() * ips.length)]!;
-    const dst = rnd() < 0.1
+    let dst = rnd() < 0.1
       ? `198.51.100.${Math.floor(rnd() * 250)}`
       : ips[Math.floor(rnd() * ips.length)]!;
+    if (localIPs) {
+      const local = localIPs[Math.floor(rnd() * localIPs.length)]!;
+      if (i % 2 === 0) dst = local;
+      else src = local;
+    }
     out.push({ src, dst, protocol, port });
   }
   return out;
