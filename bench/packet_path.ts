@@ -115,9 +115,15 @@ const PHASES: Phase[] = [
   { name: "2 threads", threads: 2, rate: 0 },
   { name: "~1000 conn/s", threads: 1, rate: 1000 },
 ];
-const CONTENDERS = ["none", "deno", "deno-b1", "c"] as const;
+const CONTENDERS = ["none", "deno", "deno-b1", "deno-2q", "c"] as const;
 type Contender = (typeof CONTENDERS)[number];
-const QUEUES: Record<Exclude<Contender, "none">, number> = { deno: 3101, "deno-b1": 3102, c: 3103 };
+const QUEUES: Record<Exclude<Contender, "none">, number> = {
+  deno: 3101,
+  "deno-b1": 3102,
+  c: 3103,
+  // Two loops, on 3104 and 3105, flows spread between them by the kernel (--queue-balance).
+  "deno-2q": 3104,
+};
 const MARK = 0x100000;
 const NODE = "bench-node";
 
@@ -169,7 +175,12 @@ async function waitLine(child: Deno.ChildProcess, text: string): Promise<void> {
 async function route(lab: Lab, contender: Contender, serverIP: string): Promise<void> {
   await flushQueueRules(lab);
   if (contender === "none") return;
-  await installQueueRules(lab, { queueId: QUEUES[contender], denyMark: MARK, dst: serverIP });
+  await installQueueRules(lab, {
+    queueId: QUEUES[contender],
+    denyMark: MARK,
+    dst: serverIP,
+    queues: contender === "deno-2q" ? 2 : 1,
+  });
 }
 
 function pct(a: number, b: number): string {
@@ -221,7 +232,8 @@ async function main(): Promise<void> {
         },
       },
     ];
-    for (const [queueId, maxBatch] of [[QUEUES.deno, 64], [QUEUES["deno-b1"], 1]] as const) {
+    const loops = [[QUEUES.deno, 64], [QUEUES["deno-b1"], 1], [3104, 64], [3105, 64]] as const;
+    for (const [queueId, maxBatch] of loops) {
       const a = await VlAgent.start(lab, {
         queueId,
         nodeName: NODE,
@@ -239,7 +251,13 @@ async function main(): Promise<void> {
     const clientNs = lab.pod("b/client").netns;
     for (let r = 0; r < rounds; r++) {
       for (const phase of PHASES) {
-        const per = results[phase.name] ??= { none: [], deno: [], "deno-b1": [], c: [] };
+        const per = results[phase.name] ??= {
+          none: [],
+          deno: [],
+          "deno-b1": [],
+          "deno-2q": [],
+          c: [],
+        };
         for (const c of CONTENDERS) {
           await route(lab, c, server.ip);
           const out = await lab.exec(clientNs, [
@@ -283,6 +301,7 @@ async function main(): Promise<void> {
         denoOverNone: s.deno.connPerSec / s.none.connPerSec,
         denoOverC: s.deno.connPerSec / s.c.connPerSec,
         unbatchedOverC: s["deno-b1"].connPerSec / s.c.connPerSec,
+        twoQueuesOverC: s["deno-2q"].connPerSec / s.c.connPerSec,
         addedP50UsDeno: s.deno.p50Us - s.none.p50Us,
         addedP50UsC: s.c.p50Us - s.none.p50Us,
       }]),
@@ -295,8 +314,8 @@ async function main(): Promise<void> {
       say(
         `  ${"".padEnd(13)} deno/none ${pct(s.deno.connPerSec, s.none.connPerSec)}  deno/c ${
           pct(s.deno.connPerSec, s.c.connPerSec)
-        }  deno-b1/c ${
-          pct(s["deno-b1"].connPerSec, s.c.connPerSec)
+        }  deno-b1/c ${pct(s["deno-b1"].connPerSec, s.c.connPerSec)}  deno-2q/c ${
+          pct(s["deno-2q"].connPerSec, s.c.connPerSec)
         }  added p50: deno +${q.addedP50UsDeno} us, c +${q.addedP50UsC} us`,
       );
     }

@@ -26,6 +26,8 @@ export interface QueueRuleOptions {
   ipv6?: boolean;
   /** Only queue packets to this destination (default: every new connection). */
   dst?: string;
+  /** Spread flows over this many consecutive queues from queueId (--queue-balance). */
+  queues?: number;
 }
 
 /** Reject marked packets first, then queue new unmarked connections (see marks.ts). */
@@ -46,7 +48,10 @@ export async function installQueueRules(lab: Lab, o: QueueRuleOptions): Promise<
       [
         ...(o.dst && bin === "iptables" ? ["-d", o.dst] : []),
         ...["-m", "conntrack", "--ctstate", "NEW", "-m", "mark", "!", "--mark", m],
-        ...["-j", "NFQUEUE", "--queue-num", String(o.queueId)],
+        ...["-j", "NFQUEUE"],
+        ...((o.queues ?? 1) > 1
+          ? ["--queue-balance", `${o.queueId}:${o.queueId + o.queues! - 1}`]
+          : ["--queue-num", String(o.queueId)]),
         ...(o.bypass ? ["--queue-bypass"] : []),
       ],
     ];
