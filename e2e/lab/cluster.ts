@@ -3,7 +3,7 @@
  * one Namespace per pod namespace and one Running Pod per lab pod, scheduled on the lab node, with
  * the lab's IPs and the container ports the policies may name.
  */
-import type { ContainerPort, Namespace, Pod } from "../../src/policy/types.ts";
+import type { ContainerPort, Namespace, NetworkPolicy, Pod } from "../../src/policy/types.ts";
 import type { Lab, LabPodSpec } from "./topology.ts";
 import { labIP, MODEL_NAMESPACES, MODEL_PODS } from "../cases/model.ts";
 
@@ -75,4 +75,18 @@ export function clusterObjects(plan: LabClusterPlan, lab: Lab): (Namespace | Pod
     };
   });
   return [...namespaces, ...pods];
+}
+
+/** A NetworkPolicy object, for tests that write policies inline. */
+export function networkPolicy(
+  namespace: string,
+  name: string,
+  spec: NetworkPolicy["spec"],
+): NetworkPolicy {
+  return {
+    apiVersion: "networking.k8s.io/v1",
+    kind: "NetworkPolicy",
+    metadata: { namespace, name },
+    spec,
+  };
 }

@@ -7,22 +7,13 @@
  */
 import assert from "node:assert/strict";
 import { LabAgent } from "./agent.ts";
-import { clusterObjects, defaultPlan } from "./cluster.ts";
+import { clusterObjects, defaultPlan, networkPolicy as policy } from "./cluster.ts";
 import { probeMatrix, verdictMatrix } from "./probe.ts";
 import { startServers } from "./servers.ts";
 import { cleanupStaleLabs, createLab } from "./topology.ts";
 import type { NetworkPolicy } from "../../src/policy/types.ts";
 
 const FAKE_API_MAIN = new URL("./fake_apiserver_main.ts", import.meta.url).pathname;
-
-function policy(namespace: string, name: string, spec: NetworkPolicy["spec"]): NetworkPolicy {
-  return {
-    apiVersion: "networking.k8s.io/v1",
-    kind: "NetworkPolicy",
-    metadata: { namespace, name },
-    spec,
-  };
-}
 
 Deno.test({
   name: "agent on the Kubernetes protocol: API changes reach real packets, cut watches recover",

@@ -8,7 +8,12 @@
 import assert from "node:assert/strict";
 import type { NetworkPolicy } from "../../src/policy/types.ts";
 import { LabAgent, ManifestDir } from "./agent.ts";
-import { clusterObjects, defaultPlan, type LabClusterPlan } from "./cluster.ts";
+import {
+  clusterObjects,
+  defaultPlan,
+  type LabClusterPlan,
+  networkPolicy as policy,
+} from "./cluster.ts";
 import { assertMatrix, type Expectation } from "./matrix.ts";
 import { allPairs, probeMatrices, probeMatrix } from "./probe.ts";
 import { startServers } from "./servers.ts";
@@ -75,15 +80,6 @@ async function withAgent(
 
 function policyKey(np: NetworkPolicy): string {
   return `${np.metadata.namespace}/${np.metadata.name}`;
-}
-
-function policy(namespace: string, name: string, spec: NetworkPolicy["spec"]): NetworkPolicy {
-  return {
-    apiVersion: "networking.k8s.io/v1",
-    kind: "NetworkPolicy",
-    metadata: { namespace, name },
-    spec,
-  };
 }
 
 /** Apply `policies` live (rewrite the file) and wait until the agent enforces exactly them. */

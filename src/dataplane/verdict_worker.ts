@@ -142,6 +142,12 @@ async function loop(queue: NfQueue, opts: VerdictLoopOptions): Promise<void> {
   const logAllows = opts.logAllows ?? false;
   let records: VerdictRecord[] = [];
   let warnings: string[] = [];
+  /** Hand the main thread what accumulated: counters, verdict records, warnings. */
+  const report = (suppressedRecords: number) => {
+    post({ type: "report", stats: stats.drain(), records, suppressedRecords, warnings });
+    records = [];
+    warnings = [];
+  };
   let started = 0;
   let overruns = 0;
   let drainPays = true;
@@ -206,15 +212,7 @@ async function loop(queue: NfQueue, opts: VerdictLoopOptions): Promise<void> {
     const now = performance.now();
     if (records.length && now - lastRecords >= RECORDS_EVERY_MS) {
       lastRecords = now;
-      post({
-        type: "report",
-        stats: stats.drain(),
-        records,
-        suppressedRecords: recordLimiter.drainSuppressed(),
-        warnings,
-      });
-      records = [];
-      warnings = [];
+      report(recordLimiter.drainSuppressed());
     }
     if (now - lastReport >= REPORT_EVERY_MS) {
       lastReport = now;
@@ -222,9 +220,7 @@ async function loop(queue: NfQueue, opts: VerdictLoopOptions): Promise<void> {
       overruns = 0;
       const suppressedRecords = recordLimiter.drainSuppressed();
       if (!stats.isEmpty || records.length || warnings.length || suppressedRecords) {
-        post({ type: "report", stats: stats.drain(), records, suppressedRecords, warnings });
-        records = [];
-        warnings = [];
+        report(suppressedRecords);
       }
     }
     if (now - lastYield >= YIELD_EVERY_MS) {
@@ -232,13 +228,5 @@ async function loop(queue: NfQueue, opts: VerdictLoopOptions): Promise<void> {
       await yieldTurn();
     }
   }
-  if (!stats.isEmpty || records.length || warnings.length) {
-    post({
-      type: "report",
-      stats: stats.drain(),
-      records,
-      suppressedRecords: recordLimiter.drainSuppressed(),
-      warnings,
-    });
-  }
+  if (!stats.isEmpty || records.length || warnings.length) report(recordLimiter.drainSuppressed());
 }
