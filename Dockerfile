@@ -7,10 +7,10 @@ WORKDIR /src
 COPY deno.json deno.lock main.ts ./
 COPY src ./src
 COPY ffi ./ffi
-RUN deno cache --frozen main.ts src/dataplane/verdict_worker.ts
+RUN deno cache --frozen main.ts src/verdict/verdict_worker.ts
 # The verdict loop runs in a Worker, which compile only bundles when --include names it.
 RUN deno compile --frozen --output /kube-netpol \
-      --include src/dataplane/verdict_worker.ts \
+      --include src/verdict/verdict_worker.ts \
       --allow-ffi=/usr/lib/x86_64-linux-gnu/libnetfilter_queue.so.1,/usr/lib/x86_64-linux-gnu/libc.so.6 \
       --allow-net \
       --allow-read \

@@ -7,7 +7,8 @@
  *   deno run --allow-read --allow-env --v8-flags=--expose-gc bench/engine_bench.ts [--json]
  */
 import { PolicyEngine } from "../src/policy/engine.ts";
-import type { Connection, Protocol } from "../src/policy/types.ts";
+import type { Connection } from "../src/policy/types.ts";
+import type { Protocol } from "../src/net/protocol.ts";
 import { generateCluster, prng } from "./cluster_gen.ts";
 
 export interface EngineSizeResult {

@@ -5,11 +5,15 @@
  * Run: deno bench --frozen bench/packet_parse_bench.ts
  */
 import { parsePacket } from "../src/packet/parse.ts";
-import { canonicalIP } from "../src/policy/cidr.ts";
-import { fromHex } from "../tests/fixtures/packets/build.ts";
+import { canonicalIP } from "../src/net/ip.ts";
 import tcp4Syn from "../tests/fixtures/packets/tcp4-syn.json" with { type: "json" };
 import tcp6Syn from "../tests/fixtures/packets/tcp6-syn.json" with { type: "json" };
 import tcp6DstoptsSyn from "../tests/fixtures/packets/tcp6-dstopts-syn.json" with { type: "json" };
+
+/** The capture fixtures are hex text (see tests/fixtures/packets/). */
+function fromHex(hex: string): Uint8Array {
+  return Uint8Array.from(hex.match(/../g) ?? [], (b) => parseInt(b, 16));
+}
 
 const v4 = fromHex(tcp4Syn.hex);
 const v6 = fromHex(tcp6Syn.hex);

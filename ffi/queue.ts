@@ -1,12 +1,16 @@
 /**
  * One bound NFQUEUE: the only object outside ffi/ sees. Raw handles stay private; the caller
- * passes its own buffers to `recv`, decodes them with netlink.ts and answers with `send`.
+ * passes its own buffers to `recv`, decodes them (src/netlink/nfqueue.ts) and answers with `send`.
  *
  * Configuration goes through libnetfilter_queue (bind, copy mode, length, flags); the socket
  * options through libc setsockopt on the queue's netlink socket.
  */
 import { check, Errno, FfiError, hintFor, type Libraries, loadLibraries } from "./library.ts";
-import { NFQA_CFG_F_FAIL_OPEN, NFQNL_COPY_PACKET, type VerdictBatch } from "./netlink.ts";
+
+/** nfq_set_mode: copy (a prefix of) the packet to user space (linux/netfilter/nfnetlink_queue.h). */
+const NFQNL_COPY_PACKET = 2;
+/** NFQA_CFG_FLAGS bit: accept instead of drop when the queue is full. */
+const NFQA_CFG_F_FAIL_OPEN = 1 << 0;
 
 const SOL_SOCKET = 1;
 const SO_RCVBUF = 8;
@@ -129,13 +133,11 @@ export class NfQueue {
     throw new FfiError("recv on the queue socket", errno, hintFor(errno));
   }
 
-  /** Sends every verdict in the batch with one system call, then clears it. */
-  send(batch: VerdictBatch): void {
-    if (batch.count === 0) return;
+  /** Sends the first `len` bytes of `bytes` (netlink messages) with one system call. */
+  send(bytes: Uint8Array, len: number): void {
+    if (len === 0) return;
     if (this.closed) throw new Error("queue is closed");
-    const len = batch.byteLength;
-    const n = Number(this.libs.libc.send(this.fd, batch.buffer, BigInt(len), 0));
-    batch.clear();
+    const n = Number(this.libs.libc.send(this.fd, bytes, BigInt(len), 0));
     if (n !== len) {
       const errno = n < 0 ? this.libs.errno() : Errno.EINVAL;
       throw new FfiError(`sending ${len} bytes of verdicts`, errno, hintFor(errno));
@@ -152,9 +154,5 @@ export class NfQueue {
     if (this.queueHandle !== null) this.libs.nfq.nfq_destroy_queue(this.queueHandle);
     this.queueHandle = null;
     this.libs.nfq.nfq_close(this.handle);
-  }
-
-  get isClosed(): boolean {
-    return this.closed;
   }
 }

@@ -15,8 +15,8 @@ import type {
   NetworkPolicyPeer,
   NetworkPolicyPort,
   Pod,
-  Protocol,
 } from "../src/policy/types.ts";
+import type { Protocol } from "../src/net/protocol.ts";
 import { prng } from "../bench/cluster_gen.ts";
 
 // ------------------------------------------------------------------ the naive reference

@@ -67,7 +67,7 @@ Deno.test("Dockerfile: deno compile bakes exactly the agent's permission list", 
   assert.ok(compile, "a deno compile step");
   const flags = compile.split(/\s+/).filter((w) => w.startsWith("--allow-"));
   assert.deepEqual(flags, AGENT_PERMISSION_FLAGS);
-  assert.match(compile, /--include src\/dataplane\/verdict_worker\.ts/);
+  assert.match(compile, /--include src\/verdict\/verdict_worker\.ts/);
   assert.match(text, /FROM denoland\/deno:[a-z-]*2\.9\.6 AS build/, "pinned to the project's Deno");
   assert.match(text, /libnetfilter-queue1/);
 });

@@ -13,7 +13,7 @@ import type { ObjectError } from "../src/policy/types.ts";
 import { applyEvent } from "../src/state/apply.ts";
 import type { StateEvent } from "../src/state/events.ts";
 import { createKubernetesSource, type KubernetesSourceOptions } from "../src/k8s/source.ts";
-import { FakeApiServer } from "./fake_apiserver.ts";
+import { FakeApiServer } from "../e2e/fake_apiserver/server.ts";
 
 // ------------------------------------------------------------------ cluster fixtures
 

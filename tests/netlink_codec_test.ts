@@ -15,7 +15,7 @@ import {
   VERDICT_MESSAGE_LEN,
   VERDICT_WITH_MARK_LEN,
   VerdictBatch,
-} from "../ffi/netlink.ts";
+} from "../src/netlink/nfqueue.ts";
 import { parsePacket } from "../src/packet/parse.ts";
 
 interface Fixture {

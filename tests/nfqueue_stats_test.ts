@@ -1,6 +1,6 @@
 /** /proc/net/netfilter/nfnetlink_queue as the kernel prints it, and the gauges it feeds. */
 import assert from "node:assert/strict";
-import { parseNfqueueStats, recordNfqueueStats } from "../src/dataplane/nfqueue_stats.ts";
+import { parseNfqueueStats, recordNfqueueStats } from "../src/verdict/nfqueue_stats.ts";
 import { AgentMetrics } from "../src/metrics.ts";
 
 // Format of net/netfilter/nfnetlink_queue.c seq_show: "%5u %6u %5u %1u %5u %5u %5u %8u %2d".

@@ -1,13 +1,13 @@
 /**
  * The parser against many generated inputs (fixed seeds, so a failure reproduces): it never throws,
  * every answer is well formed, and packets generated with a known layout read back exactly.
- * Expected addresses come from the engine's own canonicalIP (src/policy/cidr.ts), so the test also
+ * Expected addresses come from the engine's own canonicalIP (src/net/ip.ts), so the test also
  * proves the parser and the engine key pods by the same text.
  */
 import assert from "node:assert/strict";
 import { parsePacket, type ParseResult } from "../src/packet/parse.ts";
-import { formatIPv6 } from "../src/packet/ip.ts";
-import { canonicalIP } from "../src/policy/cidr.ts";
+import { formatIPv6 } from "../src/net/ip.ts";
+import { canonicalIP } from "../src/net/ip.ts";
 import {
   authHeader,
   fragmentHeader,

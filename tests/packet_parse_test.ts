@@ -5,8 +5,8 @@
  */
 import assert from "node:assert/strict";
 import { type ParsedPacket, parsePacket, type ParseResult } from "../src/packet/parse.ts";
-import { formatIPv4, formatIPv6 } from "../src/packet/ip.ts";
-import { canonicalIP } from "../src/policy/cidr.ts";
+import { formatIPv4, formatIPv6 } from "../src/net/ip.ts";
+import { canonicalIP } from "../src/net/ip.ts";
 import {
   authHeader,
   fragmentHeader,

@@ -14,7 +14,8 @@
  *         x/a      -   X  ...
  */
 import { parse } from "yaml";
-import type { NetworkPolicy, Protocol } from "../../src/policy/types.ts";
+import type { NetworkPolicy } from "../../src/policy/types.ts";
+import type { Protocol } from "../../src/net/protocol.ts";
 import { MODEL_PODS } from "./model.ts";
 
 export type Verdict = "allow" | "deny";

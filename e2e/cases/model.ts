@@ -4,7 +4,8 @@
  * every pod serves ports 80 and 81 over TCP, UDP and SCTP, with container ports named
  * serve-<port>-<protocol>. The lab uses the fixed IP plan below; the kind driver uses real IPs.
  */
-import type { Namespace, Pod, Protocol } from "../../src/policy/types.ts";
+import type { Namespace, Pod } from "../../src/policy/types.ts";
+import type { Protocol } from "../../src/net/protocol.ts";
 
 export const MODEL_NAMESPACES = ["x", "y", "z"] as const;
 export const MODEL_POD_NAMES = ["a", "b", "c"] as const;

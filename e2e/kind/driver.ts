@@ -24,7 +24,7 @@ import {
   modelNamespaces,
   portName,
 } from "../cases/model.ts";
-import type { Protocol } from "../../src/policy/types.ts";
+import type { Protocol } from "../../src/net/protocol.ts";
 import type { Executor } from "./exec.ts";
 
 export const KIND_NODE_IMAGE = "kindest/node:v1.31.4";

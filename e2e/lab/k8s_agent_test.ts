@@ -11,9 +11,8 @@ import { clusterObjects, defaultPlan, networkPolicy as policy } from "./cluster.
 import { probeMatrix, verdictMatrix } from "./probe.ts";
 import { startServers } from "./servers.ts";
 import { cleanupStaleLabs, createLab } from "./topology.ts";
-import type { NetworkPolicy } from "../../src/policy/types.ts";
 
-const FAKE_API_MAIN = new URL("./fake_apiserver_main.ts", import.meta.url).pathname;
+const FAKE_API_MAIN = new URL("../fake_apiserver/main.ts", import.meta.url).pathname;
 
 Deno.test({
   name: "agent on the Kubernetes protocol: API changes reach real packets, cut watches recover",

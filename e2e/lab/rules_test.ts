@@ -10,12 +10,13 @@
  */
 import assert from "node:assert/strict";
 import { nullLogger } from "../../src/log.ts";
-import type { RuleOptions } from "../../src/dataplane/rules/backend.ts";
-import type { CommandResult, CommandRunner } from "../../src/dataplane/rules/command.ts";
-import { denoCommandRunner } from "../../src/dataplane/rules/command.ts";
-import { IptablesBackend, type IptablesFlavour } from "../../src/dataplane/rules/iptables.ts";
-import { NftablesBackend, renderNftQueue } from "../../src/dataplane/rules/nftables.ts";
-import { chooseBackend, cleanupAll } from "../../src/dataplane/rules/probe.ts";
+import type { RuleOptions } from "../../src/rules/backend.ts";
+import type { CommandResult, CommandRunner } from "../../src/rules/command.ts";
+import { denoCommandRunner } from "../../src/rules/command.ts";
+import { IptablesBackend, type IptablesFlavour } from "../../src/rules/iptables.ts";
+import { NftablesBackend, renderNftQueue } from "../../src/rules/nftables.ts";
+import { chooseBackend } from "../../src/rules/choose.ts";
+import { cleanupAll } from "../../src/rules/cleanup.ts";
 
 const PREFIX = `knprl-${Deno.pid}-`;
 const DENY_MARK = 0x100000;

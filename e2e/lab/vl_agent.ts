@@ -9,7 +9,7 @@
  *        {"error": "..."} if start-up fails (exit 1).
  * Usage: vl_agent.ts <queueId> <nodeName> <denyMark> <failOpen 0|1> [maxBatch] [logAllows 0|1]
  */
-import { VerdictLoop } from "../../src/dataplane/verdict_loop.ts";
+import { VerdictLoop } from "../../src/verdict/verdict_loop.ts";
 import { AgentMetrics } from "../../src/metrics.ts";
 import { createLogger } from "../../src/log.ts";
 import type { StateEvent } from "../../src/state/events.ts";

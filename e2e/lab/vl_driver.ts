@@ -1,11 +1,11 @@
 /**
  * Test-side handle on vl_agent.ts running in a lab netns, plus the minimal queue rules the
  * verdict-loop lab and bench install in the node netns (the product's own rules live in
- * src/dataplane/rules/; these are the smallest set honouring the same mark contract).
+ * src/rules/; these are the smallest set honouring the same mark contract).
  */
 import type { Lab } from "./topology.ts";
 import type { StateEvent } from "../../src/state/events.ts";
-import type { VerdictRecord } from "../../src/dataplane/verdict_loop.ts";
+import type { VerdictRecord } from "../../src/verdict/verdict_loop.ts";
 
 const VL_AGENT = new URL("./vl_agent.ts", import.meta.url).pathname;
 const LIB_DIR = "/usr/lib/x86_64-linux-gnu";

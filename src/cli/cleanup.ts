@@ -1,6 +1,6 @@
 /** `cleanup`: remove every table, chain, rule and set kube-netpol created, in every backend. */
 import { createLogger } from "../log.ts";
-import { cleanupAll } from "../dataplane/rules/probe.ts";
+import { cleanupAll } from "../rules/cleanup.ts";
 import { flagHelp, type FlagSpec, parseFlags } from "./args.ts";
 
 const FLAGS: FlagSpec = { help: { type: "boolean", short: "h", default: false } };

@@ -15,9 +15,9 @@ import { startServer } from "../server.ts";
 import { applyEvent } from "../state/apply.ts";
 import type { StateEvent } from "../state/events.ts";
 import type { ClusterSource } from "../state/source.ts";
-import { DEFAULT_DENY_MARK } from "../dataplane/marks.ts";
-import type { VerdictLoop, VerdictRecord } from "../dataplane/verdict_loop.ts";
-import { RuleSync } from "../dataplane/rule_sync.ts";
+import { DEFAULT_DENY_MARK } from "../verdict/marks.ts";
+import type { VerdictLoop, VerdictRecord } from "../verdict/verdict_loop.ts";
+import { RuleSync } from "../rules/rule_sync.ts";
 import { flagHelp, type FlagSpec, parseFlags, UsageError } from "./args.ts";
 
 const FLAGS: FlagSpec = {
@@ -191,7 +191,7 @@ export class Agent {
       log,
     );
 
-    const { VerdictLoop } = await import("../dataplane/verdict_loop.ts");
+    const { VerdictLoop } = await import("../verdict/verdict_loop.ts");
     this.loop = await VerdictLoop.start(
       {
         queueId: opts.queueId,

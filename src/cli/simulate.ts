@@ -2,16 +2,11 @@
  * `simulate`: load manifests into the same engine the agent runs and judge probes, printing
  * verdicts with the policy and rule that decided. No cluster, no root, no packets.
  */
-import { canonicalIP } from "../policy/cidr.ts";
+import { canonicalIP } from "../net/ip.ts";
 import { PolicyEngine } from "../policy/engine.ts";
 import { explainDecision } from "../policy/explain.ts";
-import {
-  type ConnectionProtocol,
-  type Decision,
-  type ObjectError,
-  type Protocol,
-  PROTOCOLS,
-} from "../policy/types.ts";
+import type { Decision, ObjectError } from "../policy/types.ts";
+import { type ConnectionProtocol, type Protocol, PROTOCOLS } from "../net/protocol.ts";
 import { loadManifests } from "../manifests/load.ts";
 import { applyEvent } from "../state/apply.ts";
 import { UsageError } from "./args.ts";

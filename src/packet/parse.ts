@@ -8,8 +8,8 @@
  * Checksums are not verified: the kernel has already accepted the packet by the time it is queued.
  */
 
-import type { ConnectionProtocol } from "../policy/types.ts";
-import { formatIPv4, formatIPv6 } from "./ip.ts";
+import type { ConnectionProtocol } from "../net/protocol.ts";
+import { formatIPv4, formatIPv6 } from "../net/ip.ts";
 
 /**
  * Why a packet has no usable 5-tuple:

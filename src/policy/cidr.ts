@@ -1,96 +1,10 @@
 /**
- * IP addresses and CIDR blocks as numbers, for ipBlock matching on the verdict path.
- *
- * IPv4 is one uint32; IPv6 is four uint32 words, most significant first. IPv4-mapped IPv6
- * (::ffff:a.b.c.d) is treated as IPv4, as Go's net package (and so the API server) does.
+ * CIDR blocks as numbers, for ipBlock matching on the verdict path (addresses: src/net/ip.ts).
  */
 
-import { formatIPv4, formatIPv6 } from "../packet/ip.ts";
+import { formatIP, type ParsedIP, parseIP, parseIPv6 } from "../net/ip.ts";
 
-export type ParsedIP = { family: 4; v4: number } | { family: 6; v6: Uint32Array };
-
-const IPV4_RE = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/;
-
-function parseIPv4(text: string): number | null {
-  const m = IPV4_RE.exec(text);
-  if (!m) return null;
-  let n = 0;
-  for (let i = 1; i <= 4; i++) {
-    const part = m[i]!;
-    // Leading zeros are rejected as the API server does (they are ambiguous: octal or decimal?).
-    if (part.length > 1 && part[0] === "0") return null;
-    const octet = Number(part);
-    if (octet > 255) return null;
-    n = n * 256 + octet;
-  }
-  return n >>> 0;
-}
-
-function parseIPv6(text: string): Uint32Array | null {
-  if (text.length < 2 || text.length > 45 || text.includes("%")) return null;
-  const halves = text.split("::");
-  if (halves.length > 2) return null;
-  const groups: number[] = [];
-  const parseGroups = (part: string, allowTrailingV4: boolean): number[] | null => {
-    if (part === "") return [];
-    const out: number[] = [];
-    const fields = part.split(":");
-    for (let i = 0; i < fields.length; i++) {
-      const f = fields[i]!;
-      if (allowTrailingV4 && i === fields.length - 1 && f.includes(".")) {
-        const v4 = parseIPv4(f);
-        if (v4 === null) return null;
-        out.push(v4 >>> 16, v4 & 0xffff);
-      } else {
-        if (!/^[0-9a-fA-F]{1,4}$/.test(f)) return null;
-        out.push(parseInt(f, 16));
-      }
-    }
-    return out;
-  };
-  if (halves.length === 2) {
-    const head = parseGroups(halves[0]!, false);
-    const tail = parseGroups(halves[1]!, true);
-    if (!head || !tail || head.length + tail.length > 7) return null;
-    groups.push(...head, ...new Array(8 - head.length - tail.length).fill(0), ...tail);
-  } else {
-    const all = parseGroups(text, true);
-    if (!all || all.length !== 8) return null;
-    groups.push(...all);
-  }
-  const w = new Uint32Array(4);
-  for (let i = 0; i < 4; i++) w[i] = ((groups[2 * i]! << 16) | groups[2 * i + 1]!) >>> 0;
-  return w;
-}
-
-/** Parse an IPv4 or IPv6 address; null when it is not one. */
-export function parseIP(text: string): ParsedIP | null {
-  if (text.includes(":")) {
-    const w = parseIPv6(text);
-    if (!w) return null;
-    if (w[0] === 0 && w[1] === 0 && w[2] === 0xffff) return { family: 4, v4: w[3]! };
-    return { family: 6, v6: w };
-  }
-  const v4 = parseIPv4(text);
-  return v4 === null ? null : { family: 4, v4 };
-}
-
-function toBytes(ip: ParsedIP): Uint8Array {
-  const words = ip.family === 4 ? [ip.v4] : ip.v6;
-  const bytes = new Uint8Array(words.length * 4);
-  words.forEach((w, i) => new DataView(bytes.buffer).setUint32(4 * i, w));
-  return bytes;
-}
-
-function formatParsed(ip: ParsedIP): string {
-  return ip.family === 4 ? formatIPv4(toBytes(ip), 0) : formatIPv6(toBytes(ip), 0);
-}
-
-/** Canonical text of an address (dotted quad, or RFC 5952 lower-case IPv6); null if invalid. */
-export function canonicalIP(text: string): string | null {
-  const ip = parseIP(text.trim());
-  return ip ? formatParsed(ip) : null;
-}
+export type { ParsedIP };
 
 export class Cidr {
   private constructor(
@@ -153,6 +67,6 @@ export class Cidr {
     const net = this.family === 4
       ? { family: 4 as const, v4: this.net[0]! }
       : { family: 6 as const, v6: this.net };
-    return `${formatParsed(net)}/${this.prefix}`;
+    return `${formatIP(net)}/${this.prefix}`;
   }
 }

@@ -5,13 +5,8 @@
  */
 import { Cidr } from "./cidr.ts";
 import { Selector } from "./selector.ts";
-import type {
-  NetworkPolicy,
-  NetworkPolicyPeer,
-  NetworkPolicyPort,
-  ObjectError,
-  Protocol,
-} from "./types.ts";
+import type { NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort, ObjectError } from "./types.ts";
+import type { Protocol } from "../net/protocol.ts";
 
 export type CompiledPeer =
   | { kind: "ipBlock"; cidr: Cidr; except: Cidr[] }
@@ -51,10 +46,6 @@ export interface CompiledPolicy {
 const PROTOCOLS = new Set(["TCP", "UDP", "SCTP"]);
 /** IANA_SVC_NAME, as the API validates named ports. */
 const PORT_NAME_RE = /^(?=.*[a-z])(?!.*--)[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$/;
-
-export function policyKey(np: { metadata?: { namespace?: string; name?: string } }): string {
-  return `${np.metadata?.namespace ?? "default"}/${np.metadata?.name ?? "?"}`;
-}
 
 export function compilePolicy(
   np: NetworkPolicy,

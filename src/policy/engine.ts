@@ -12,7 +12,7 @@
  * Peer selectors are evaluated against the one peer pod (or its memoized identity), so label
  * changes only re-identify the pods concerned.
  */
-import { canonicalIP, type ParsedIP, parseIP } from "./cidr.ts";
+import { canonicalIP, type ParsedIP, parseIP } from "../net/ip.ts";
 import { type CompiledPolicy, compilePolicy } from "./compile.ts";
 import { type PeerContext, RuleTable } from "./rule_table.ts";
 import { type Labels, toLabels } from "./selector.ts";
@@ -24,8 +24,8 @@ import type {
   NetworkPolicy,
   ObjectError,
   Pod,
-  Protocol,
 } from "./types.ts";
+import type { Protocol } from "../net/protocol.ts";
 
 /** Reused for every verdict (evaluation is synchronous), so judging allocates no context. */
 class VerdictContext implements PeerContext {

@@ -10,10 +10,10 @@
  * Rules keep a global order (policy key, then rule index) so the explanation names the same
  * policy and rule as a plain scan would.
  */
-import type { ParsedIP } from "./cidr.ts";
+import type { ParsedIP } from "../net/ip.ts";
 import type { CompiledPeer, CompiledPolicy, CompiledRule } from "./compile.ts";
 import type { Labels } from "./selector.ts";
-import type { ConnectionProtocol, Protocol } from "./types.ts";
+import type { ConnectionProtocol, Protocol } from "../net/protocol.ts";
 
 export interface OrderedRule {
   order: number;

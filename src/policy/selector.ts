@@ -17,10 +17,6 @@ export class Selector {
 
   static readonly everything = new Selector([]);
 
-  get matchesEverything(): boolean {
-    return this.requirements.length === 0;
-  }
-
   matches(labels: Labels): boolean {
     for (const r of this.requirements) {
       const value = labels.get(r.key);

@@ -4,8 +4,7 @@
  * informers) hand these objects over as parsed JSON, and the engine never mutates them.
  */
 
-export type Protocol = "TCP" | "UDP" | "SCTP";
-export const PROTOCOLS: readonly Protocol[] = ["TCP", "UDP", "SCTP"];
+import type { ConnectionProtocol, Protocol } from "../net/protocol.ts";
 
 export interface ObjectMeta {
   name?: string;
@@ -98,12 +97,6 @@ export interface NetworkPolicy {
 
 /** The object kinds the engine consumes. */
 export type ObjectKind = "Pod" | "Namespace" | "NetworkPolicy";
-
-/**
- * Transport protocol of a connection. NetworkPolicy ports name only TCP, UDP and SCTP; any other
- * protocol (ICMP, ...) is matched only by rules without `ports`.
- */
-export type ConnectionProtocol = Protocol | "ICMP" | "ICMPv6" | "OTHER";
 
 /** A new connection as the engine sees it: the first packet's addresses, protocol and port. */
 export interface Connection {

@@ -5,7 +5,7 @@
  *   {"op":"apply","kind":"pods","object":{...}}   {"op":"delete","kind":..,"namespace":..,"name":..}
  *   {"op":"cut"}   (drop every watch connection abruptly)
  */
-import { FakeApiServer, type FakeKind } from "../../tests/fake_apiserver.ts";
+import { FakeApiServer, type FakeKind } from "./server.ts";
 
 const server = new FakeApiServer();
 const dir = await Deno.makeTempDir({ prefix: "knp-fakeapi-" });

@@ -6,7 +6,7 @@
 import { parsePacket } from "../packet/parse.ts";
 import type { PolicyEngine } from "../policy/engine.ts";
 import type { Connection, Decision } from "../policy/types.ts";
-import { NF_ACCEPT, NF_DROP, NF_REPEAT, type NfVerdict } from "../../ffi/netlink.ts";
+import { NF_ACCEPT, NF_DROP, NF_REPEAT, type NfVerdict } from "../netlink/nfqueue.ts";
 import type { PacketStats } from "./verdict_stats.ts";
 import type { VerdictRecord } from "./verdict_protocol.ts";
 

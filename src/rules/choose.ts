@@ -1,5 +1,5 @@
 /**
- * Picks the rule backend at start-up, and removes everything of every backend (`cleanup`).
+ * Picks the rule backend at start-up (removing every backend's own `cleanup` lives in cleanup.ts).
  *
  * Order of preference:
  *   1. nftables, when the kernel runs an nft `queue` rule: probed by loading a throwaway table
@@ -12,22 +12,21 @@
  * Leftovers of another backend (e.g. kept by a fail-closed exit before an upgrade) are removed
  * once a backend is chosen, so no packet is queued twice.
  */
-import type { Logger } from "../../log.ts";
+import type { Logger } from "../log.ts";
 import type { RuleBackend, RuleOptions } from "./backend.ts";
 import { type CommandRunner, denoCommandRunner, runChecked } from "./command.ts";
-import { IpsetSets } from "./ipset.ts";
 import {
   IPTABLES_CHAIN,
+  IPTABLES_FLAVOURS,
   IptablesBackend,
   iptablesBinary,
   type IptablesFlavour,
   removeIptablesRules,
 } from "./iptables.ts";
-import { NFT_TABLE, NFT_UNINSTALL, NftablesBackend, renderNftQueue } from "./nftables.ts";
+import { NFT_UNINSTALL, NftablesBackend, nftTableExists, renderNftQueue } from "./nftables.ts";
 
 const PROBE_TABLE = "inet kube-netpol-probe";
 const HINT_CHAINS = ["KUBE-IPTABLES-HINT", "KUBE-KUBELET-CANARY"];
-const FLAVOURS: readonly IptablesFlavour[] = ["nft", "legacy"];
 
 export function renderNftQueueProbe(opts: RuleOptions): string {
   return [
@@ -119,7 +118,7 @@ export async function chooseBackend(
     backend = new NftablesBackend(opts, run, log);
     why = nft.why;
   } else {
-    const states = await Promise.all(FLAVOURS.map((f) => inspectFlavour(f, run)));
+    const states = await Promise.all(IPTABLES_FLAVOURS.map((f) => inspectFlavour(f, run)));
     const pick = pickIptablesFlavour(states);
     if (!pick) throw new Error(`no rule backend: ${nft.why}, and no iptables binaries found`);
     backend = new IptablesBackend(pick.flavour, opts, run, log);
@@ -130,58 +129,15 @@ export async function chooseBackend(
   return backend;
 }
 
-async function nftTableExists(run: CommandRunner): Promise<boolean> {
-  return (await run.run("nft", ["list", "table", ...NFT_TABLE.split(" ")])).code === 0;
-}
-
 async function removeOtherBackends(keep: RuleBackend["name"], run: CommandRunner, log: Logger) {
   if (keep !== "nftables" && await nftTableExists(run)) {
     await runChecked(run, "nft", ["-f", "-"], NFT_UNINSTALL);
     log.warn("removed leftover rules of another backend", { backend: "nftables" });
   }
-  for (const flavour of FLAVOURS) {
+  for (const flavour of IPTABLES_FLAVOURS) {
     if (keep === `iptables-${flavour}`) continue;
     if (await removeIptablesRules(flavour, run)) {
       log.warn("removed leftover rules of another backend", { backend: `iptables-${flavour}` });
     }
   }
-}
-
-/**
- * Remove kube-netpol's table, chains, jump rules and sets from every backend flavour (the
- * `cleanup` subcommand). Goes on after a failed step and throws at the end if any failed.
- */
-export async function cleanupAll(
-  log: Logger,
-  run: CommandRunner = denoCommandRunner,
-): Promise<void> {
-  const failures: unknown[] = [];
-  const step = async (what: string, fn: () => Promise<boolean>) => {
-    try {
-      if (await fn()) log.info("removed", { what });
-    } catch (e) {
-      failures.push(e);
-      log.error("cleanup step failed", { what, error: e instanceof Error ? e.message : String(e) });
-    }
-  };
-  await step("nftables table inet kube-netpol", async () => {
-    if (!(await nftTableExists(run))) return false;
-    await runChecked(run, "nft", ["-f", "-"], NFT_UNINSTALL);
-    return true;
-  });
-  for (const flavour of FLAVOURS) {
-    await step(
-      `iptables-${flavour} chain ${IPTABLES_CHAIN} and jumps`,
-      () => removeIptablesRules(flavour, run),
-    );
-  }
-  // Sets last: the kernel refuses to destroy a set while any rule still references it.
-  const sets = new IpsetSets(run);
-  await step("ipsets kube-netpol-*", async () => {
-    if ((await sets.existing()).length === 0) return false;
-    await sets.destroy();
-    return true;
-  });
-  if (failures.length) throw new AggregateError(failures, "cleanup incomplete");
-  log.info("cleanup done");
 }

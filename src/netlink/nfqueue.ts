@@ -22,14 +22,11 @@ const NLA_TYPE_MASK = 0x3fff;
 export const NLMSG_NOOP = 1;
 export const NLMSG_ERROR = 2;
 export const NLMSG_DONE = 3;
-export const NLMSG_OVERRUN = 4;
 export const NLM_F_REQUEST = 1;
 
 export const NFNL_SUBSYS_QUEUE = 3;
 export const NFQNL_MSG_PACKET = 0;
 export const NFQNL_MSG_VERDICT = 1;
-export const NFQNL_MSG_CONFIG = 2;
-export const NFQNL_MSG_VERDICT_BATCH = 3;
 const NFNETLINK_V0 = 0;
 
 /** enum nfqnl_attr_type (the ones read or written here). */
@@ -42,12 +39,6 @@ export const NFQA = {
   PAYLOAD: 10,
   CAP_LEN: 13,
 } as const;
-
-/** NFQNL_COPY_PACKET for nfq_set_mode. */
-export const NFQNL_COPY_PACKET = 2;
-/** NFQA_CFG_FLAGS bits. */
-export const NFQA_CFG_F_FAIL_OPEN = 1 << 0;
-export const NFQA_CFG_F_GSO = 1 << 2;
 
 /** Netfilter verdicts (linux/netfilter.h). */
 export const NF_DROP = 0;

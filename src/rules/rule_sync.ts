@@ -9,8 +9,8 @@
 import type { Logger } from "../log.ts";
 import type { AgentMetrics } from "../metrics.ts";
 import type { PolicyEngine } from "../policy/engine.ts";
-import type { RuleBackend, RuleOptions } from "./rules/backend.ts";
-import { chooseBackend } from "./rules/probe.ts";
+import type { RuleBackend, RuleOptions } from "./backend.ts";
+import { chooseBackend } from "./choose.ts";
 
 const COALESCE_MS = 10;
 const RETRY_MAX_MS = 10_000;

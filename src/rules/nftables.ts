@@ -7,7 +7,7 @@
  * Everything is written as `nft -f` command batches, never by feeding `nft list` output back:
  * on kernels that mix in iptables-nft, listed xt rules do not parse back to what they were.
  */
-import type { Logger } from "../../log.ts";
+import type { Logger } from "../log.ts";
 import {
   hex,
   type QueuedIPs,
@@ -20,7 +20,7 @@ import { desiredMembers, diffMembers, QUEUE_SETS } from "./queue_sets.ts";
 
 export const NFT_TABLE = "inet kube-netpol";
 const JUDGE = "judge";
-/** Base chains and their hooks; see backend.ts for why forward and input. */
+/** Base chains and their hooks; see docs/rules.md for why forward and input. */
 const BASE_CHAINS = [{ name: "forward", hook: "forward" }, { name: "input", hook: "input" }];
 
 /** The statement that hands a packet to the verdict loop. */
@@ -68,6 +68,11 @@ export function renderNftInstall(opts: RuleOptions): string {
 
 /** Deleting a table that may not exist: `add` first makes the batch succeed either way. */
 export const NFT_UNINSTALL = `add table ${NFT_TABLE}\ndelete table ${NFT_TABLE}\n`;
+
+/** Whether our table is present (it holds everything of this backend). */
+export async function nftTableExists(run: CommandRunner): Promise<boolean> {
+  return (await run.run("nft", ["list", "table", ...NFT_TABLE.split(" ")])).code === 0;
+}
 
 /** One `nft -f` batch applying all set diffs; empty when nothing changes. */
 export function renderNftSetDiffs(diffs: Map<string, { add: string[]; del: string[] }>): string {

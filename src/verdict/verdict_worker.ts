@@ -17,7 +17,7 @@ import {
   type NetlinkSink,
   type QueuedPacket,
   VerdictBatch,
-} from "../../ffi/netlink.ts";
+} from "../netlink/nfqueue.ts";
 import { RateLimiter } from "../log.ts";
 import { PolicyEngine } from "../policy/engine.ts";
 import { applyEvent } from "../state/apply.ts";
@@ -176,11 +176,12 @@ async function loop(queue: NfQueue, opts: VerdictLoopOptions): Promise<void> {
   };
   const sendBatch = () => {
     try {
-      queue.send(batch);
+      queue.send(batch.buffer, batch.byteLength);
     } catch (e) {
-      batch.clear();
       // The packets stay queued in the kernel; they are lost only if the socket is broken.
       warn(`sending verdicts failed: ${(e as Error).message}`);
+    } finally {
+      batch.clear();
     }
   };
 

@@ -4,7 +4,7 @@
  * iptables-legacy. Per IP family: one chain `KUBE-NETPOL` in the filter table and one jump rule
  * at the top of INPUT and FORWARD; members live in ipsets (ipset.ts).
  */
-import type { Logger } from "../../log.ts";
+import type { Logger } from "../log.ts";
 import {
   hex,
   type QueuedIPs,
@@ -14,13 +14,14 @@ import {
 } from "./backend.ts";
 import { type CommandRunner, denoCommandRunner, runChecked } from "./command.ts";
 import { ipsetName, IpsetSets } from "./ipset.ts";
-import type { IPFamily } from "./ip_addr.ts";
+import type { IPFamily } from "../net/ip.ts";
 import { desiredMembers, QUEUE_SETS } from "./queue_sets.ts";
 
 export type IptablesFlavour = "nft" | "legacy";
+export const IPTABLES_FLAVOURS: readonly IptablesFlavour[] = ["nft", "legacy"];
 
 export const IPTABLES_CHAIN = "KUBE-NETPOL";
-/** The hooks we jump from; see backend.ts for why these two. */
+/** The hooks we jump from; see docs/rules.md for why these two. */
 export const IPTABLES_HOOKS = ["INPUT", "FORWARD"] as const;
 const JUMP_SPEC = `-m comment --comment kube-netpol -j ${IPTABLES_CHAIN}`;
 
@@ -33,7 +34,7 @@ export function iptablesBinary(
   return `${family === 4 ? "iptables" : "ip6tables"}-${flavour}-${tool}`;
 }
 
-/** The rules of our chain, in iptables-restore syntax (see backend.ts for the order's why). */
+/** The rules of our chain, in iptables-restore syntax (docs/rules.md says why this order). */
 export function renderIptablesChainRules(opts: RuleOptions, family: IPFamily): string[] {
   const mark = `${hex(opts.denyMark)}/${hex(opts.denyMark)}`;
   const unreachable = family === 4 ? "icmp-port-unreachable" : "icmp6-port-unreachable";

@@ -3,7 +3,7 @@
  * Pure: no commands run here.
  */
 import type { QueuedIPs } from "./backend.ts";
-import { type IPFamily, parseIP } from "./ip_addr.ts";
+import { canonicalIP, formatIP, type IPFamily, parseIP } from "../net/ip.ts";
 
 export type Direction = "ingress" | "egress";
 
@@ -41,7 +41,8 @@ export function desiredMembers(
         if (set.family === 4) invalid.push(ip); // report each bad string once, not per family
         continue;
       }
-      if (parsed.family === set.family) members.get(set.name)?.push(ip);
+      // Canonical text: an IPv4-mapped spelling is its IPv4 address, in the IPv4 set.
+      if (parsed.family === set.family) members.get(set.name)?.push(formatIP(parsed));
     }
   }
   return { members, invalid };
@@ -51,16 +52,16 @@ export function desiredMembers(
 export function diffMembers(desired: readonly string[], installed: readonly string[]): SetDiff {
   const installedByKey = new Map<string, string>();
   for (const ip of installed) {
-    const p = parseIP(ip);
-    if (p) installedByKey.set(p.key, ip);
+    const key = canonicalIP(ip);
+    if (key !== null) installedByKey.set(key, ip);
   }
   const desiredKeys = new Set<string>();
   const add: string[] = [];
   for (const ip of desired) {
-    const p = parseIP(ip);
-    if (!p || desiredKeys.has(p.key)) continue;
-    desiredKeys.add(p.key);
-    if (!installedByKey.has(p.key)) add.push(ip);
+    const key = canonicalIP(ip);
+    if (key === null || desiredKeys.has(key)) continue;
+    desiredKeys.add(key);
+    if (!installedByKey.has(key)) add.push(ip);
   }
   const del: string[] = [];
   for (const [key, ip] of installedByKey) if (!desiredKeys.has(key)) del.push(ip);

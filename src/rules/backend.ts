@@ -1,0 +1,44 @@
+/**
+ * The interface every rule backend implements, and the options they share. What the rules do and
+ * why (hooks, chain order, the deny-mark contract, updates, shutdown) is in docs/rules.md.
+ */
+
+export interface RuleOptions {
+  /** NFQUEUE number the verdict loop listens on. */
+  queueId: number;
+  /** Queue with bypass: packets pass when no listener is bound or the queue is full. */
+  failOpen: boolean;
+  /** Packet mark bit(s) the verdict loop sets on denied packets (see src/verdict/marks.ts). */
+  denyMark: number;
+}
+
+/** Local pod IPs to queue, IPv4 and IPv6 mixed; from `engine.queuedIPs(node)`. */
+export interface QueuedIPs {
+  ingress: string[];
+  egress: string[];
+}
+
+export interface RuleBackend {
+  readonly name: "nftables" | "iptables-nft" | "iptables-legacy";
+  /** Idempotent; creates only our own table/chains/sets and jump rules. */
+  install(): Promise<void>;
+  /** Incremental: adds and deletes only the difference to the installed set members. */
+  sync(ips: QueuedIPs): Promise<{ added: number; removed: number }>;
+  /** Removes everything we created; idempotent; never touches foreign rules. */
+  uninstall(): Promise<void>;
+}
+
+/** Marks are 32-bit; rendered the way iptables-save prints them (`0x100000`). */
+export function hex(n: number): string {
+  return "0x" + (n >>> 0).toString(16);
+}
+
+/** Reject options that would render invalid rules, before anything reaches the kernel. */
+export function validateRuleOptions(opts: RuleOptions): void {
+  if (!Number.isInteger(opts.queueId) || opts.queueId < 0 || opts.queueId > 65535) {
+    throw new RangeError(`queueId must be 0..65535, got ${opts.queueId}`);
+  }
+  if (!Number.isInteger(opts.denyMark) || opts.denyMark <= 0 || opts.denyMark > 0xffffffff) {
+    throw new RangeError(`denyMark must be a non-zero 32-bit mark, got ${opts.denyMark}`);
+  }
+}
