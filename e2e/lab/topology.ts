@@ -3,12 +3,15 @@
  * real packets. One "node" netns routes between one netns per pod (a veth pair each), exactly like
  * a CNI that gives every pod a /32 and routes through the host. Everything lives in namespaces
  * this module creates; the root namespace is never touched (every `ip` call names a netns).
+ * Only programs listed in e2e/programs.ts (what ./dev installs) can be started.
  *
  *   pod netns (eth0: 10.244.1.11/32) ──veth── node netns (<hostIf>, route 10.244.1.11/32)
  *
  * Names carry the creating process id, so `cleanupStaleLabs` can tell leftovers of crashed runs
  * from labs of tests running in parallel.
  */
+
+import { isKnownProgram } from "../programs.ts";
 
 export interface LabPodSpec {
   namespace: string;
@@ -89,8 +92,7 @@ export async function run(
   cmd: string[],
   opts: { stdin?: string; timeoutMs?: number } = {},
 ): Promise<ExecResult> {
-  const [program, ...args] = cmd;
-  if (program === undefined) throw new Error("run: empty command");
+  const [program, ...args] = known(cmd);
   const child = new Deno.Command(program, {
     args,
     stdin: opts.stdin !== undefined ? "piped" : "null",
@@ -132,7 +134,17 @@ async function must(cmd: string[], timeoutMs = 10_000): Promise<string> {
   return r.stdout;
 }
 
+/** Refuses programs ./dev does not install (see e2e/programs.ts), before anything starts. */
+function known(cmd: string[]): [string, ...string[]] {
+  const [program, ...args] = cmd;
+  if (program === undefined || !isKnownProgram(program)) {
+    throw new Error(`lab: ${program} is not in e2e/programs.ts (add it there and to ./dev's PKGS)`);
+  }
+  return [program, ...args];
+}
+
 function inNetns(netns: string, cmd: string[]): string[] {
+  known(cmd);
   return ["ip", "netns", "exec", netns, ...cmd];
 }
 
