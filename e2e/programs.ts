@@ -43,6 +43,9 @@ export const PROGRAMS: Readonly<Record<string, string>> = {
   docker: "docker (not installed by ./dev: the kind e2e needs Docker, kind and kubectl)",
   kind: "docker (not installed by ./dev: the kind e2e needs Docker, kind and kubectl)",
   kubectl: "docker (not installed by ./dev: the kind e2e needs Docker, kind and kubectl)",
+  // the upstream Netpol suite, downloaded by the user into .tools/k8s-test (see README)
+  ".tools/k8s-test/e2e.test": "docker (downloaded by the user for the kind e2e)",
+  ".tools/k8s-test/ginkgo": "docker (downloaded by the user for the kind e2e)",
 };
 
 /** Programs the lab may start inside a network namespace: listed ones, Deno, or our own builds. */

@@ -1,51 +1,57 @@
 /**
  * The kind e2e driver: a real 3-node cluster (1 control plane + 2 workers) whose CNI does not
- * enforce NetworkPolicy, kube-netpol installed from this repository's Dockerfile and
- * install.yaml, the connectivity model deployed with real servers, and every case of e2e/cases
- * probed from inside the client pods. All outside calls go through an Executor (exec.ts).
+ * enforce NetworkPolicy, kube-netpol installed from this repository's Dockerfile (or `--image`)
+ * and install.yaml, the connectivity model deployed with agnhost servers, every selected case of
+ * e2e/cases probed from inside the client pods, optionally the upstream Netpol suite, and at the
+ * end the documented uninstall, checked on every node. All outside calls go through an Executor
+ * (exec.ts); versions.ts says where each pinned image was proven.
  *
- * CNI: kind's default kindnet, pinned to kindnetd v20230511, which predates kindnet's embedded
- * NetworkPolicy enforcer (recent kindnet images enforce policies themselves and would hide our
- * results). Servers and the probe client are the upstream e2e agnhost image, as the Kubernetes
- * `Netpol` suite uses them.
+ * Nothing but kube-netpol enforces policies: kindnet is swapped for a build without its policy
+ * controller and the DaemonSet is read back before anything runs; the final uninstall check
+ * (a deny-all policy still present, every pair allowed once kube-netpol is gone) shows it again
+ * on the live cluster.
  */
 import { stringify } from "yaml";
 import {
   type ConnectivityCase,
   formatMatrixDiff,
   type Matrix,
-  resolvePlaceholders,
   type Verdict,
 } from "../cases/format.ts";
-import {
-  MODEL_PODS,
-  MODEL_PORTS,
-  MODEL_PROTOCOLS,
-  modelNamespaces,
-  portName,
-} from "../cases/model.ts";
+import { MODEL_PODS, MODEL_PORTS, MODEL_PROTOCOLS, modelNamespaces } from "../cases/model.ts";
+import type { NetworkPolicy } from "../../src/policy/types.ts";
 import type { Protocol } from "../../src/net/protocol.ts";
+import { connectCommand, type ServedPort, SERVER_CONTAINER, serverContainer } from "./agnhost.ts";
 import type { Executor } from "./exec.ts";
+import { parseScan, SCAN_SCRIPT } from "./leftovers.ts";
+import { familiesOf, type Family, type IpFamily, planCase, policiesFor } from "./plan.ts";
+import { UPSTREAM_FOCUS, upstreamCommand } from "./upstream.ts";
+import { KIND_NODE_IMAGE, KIND_VERSION, KINDNET_WITHOUT_POLICY } from "./versions.ts";
 
-export const KIND_NODE_IMAGE = "kindest/node:v1.31.4";
-export const KINDNET_WITHOUT_POLICY = "docker.io/kindest/kindnetd:v20230511-dc714da8";
-export const AGNHOST_IMAGE = "registry.k8s.io/e2e-test-images/agnhost:2.53";
+export { AGNHOST_IMAGE, KIND_NODE_IMAGE, KINDNET_WITHOUT_POLICY } from "./versions.ts";
+/** The tag the driver builds from the Dockerfile and loads into the nodes (never pulled). */
 export const LOCAL_IMAGE = "kube-netpol:e2e";
+export const IPV6_FORWARDING = "net.ipv6.conf.all.forwarding";
 
 export interface KindOptions {
   clusterName: string;
-  ipFamily: "ipv4" | "ipv6" | "dual";
+  ipFamily: IpFamily;
   repoRoot: string;
+  /** Keep the cluster (and the agent: no uninstall) at the end. */
   keep: boolean;
-  /** Upstream e2e.test binary to run with --ginkgo.focus=Netpol after our cases. */
-  e2eTestBinary?: string;
+  /** Run this image instead of building one from the Dockerfile. */
+  image?: string;
+  /** Also run the upstream Netpol suite with this e2e.test (ginkgo next to it). */
+  upstream?: { e2eTest: string; nodes: number; skip: string };
+  /** Where kubeconfig, ginkgo reports and exported logs go. */
+  artifactsDir: string;
   probeTimeoutSeconds: number;
   /** Probes in flight at once. */
   parallel: number;
-  /** Probe rounds per case while waiting for a policy change to be enforced. */
+  /** Probe rounds per check while waiting for a change to be enforced. */
   settleRounds: number;
   sleep: (ms: number) => Promise<void>;
-  /** Only print the plan: probes are issued but not compared. */
+  /** Only print the plan: every step runs against the dry-run executor, nothing is judged. */
   dryRun?: boolean;
 }
 
@@ -53,11 +59,35 @@ export interface CaseResult {
   name: string;
   pass: boolean;
   diffs: string[];
+  /** Families of the run this case was not probed in, and why. */
+  skipped?: string[];
+}
+
+export interface Manifests {
+  install: string;
+  uninstall: string;
 }
 
 export class KindError extends Error {
   override name = "KindError";
 }
+
+interface AgentImage {
+  ref: string;
+  pullPolicy: "Never" | "IfNotPresent";
+}
+
+/** Each model pod's address per family. */
+type PodIPs = Map<string, Partial<Record<Family, string>>>;
+
+const FIRST_CONTAINER_ARGS = "/spec/template/spec/containers/0/args/-";
+
+const UNINSTALL_POLICY: NetworkPolicy = {
+  apiVersion: "networking.k8s.io/v1",
+  kind: "NetworkPolicy",
+  metadata: { namespace: "x", name: "uninstall-check-deny-ingress" },
+  spec: { podSelector: {}, policyTypes: ["Ingress"] },
+};
 
 export class KindDriver {
   constructor(
@@ -66,7 +96,11 @@ export class KindDriver {
     private readonly log: (line: string) => void,
   ) {}
 
-  private async must(cmd: string[], stdin?: string, timeoutMs?: number): Promise<string> {
+  private async must(
+    cmd: string[],
+    stdin?: string,
+    timeoutMs?: number,
+  ): Promise<string> {
     const r = await this.x.run(cmd, { stdin, timeoutMs });
     if (r.code !== 0) {
       throw new KindError(`${cmd.join(" ")} failed (exit ${r.code}): ${r.stderr.trim()}`);
@@ -82,9 +116,20 @@ export class KindDriver {
     );
   }
 
+  private get families(): Family[] {
+    return familiesOf(this.o.ipFamily);
+  }
+
+  /** kind names the nodes of this cluster config so. */
+  nodeNames(): string[] {
+    const n = this.o.clusterName;
+    return [`${n}-control-plane`, `${n}-worker`, `${n}-worker2`];
+  }
+
   /** docker, kind and kubectl must be there before anything is created. */
   async checkPrerequisites(): Promise<void> {
     const missing: string[] = [];
+    let kindVersion = "";
     for (
       const cmd of [["docker", "version"], ["kind", "version"], ["kubectl", "version", "--client"]]
     ) {
@@ -94,6 +139,7 @@ export class KindDriver {
         stderr: "",
       }));
       if (r.code !== 0) missing.push(cmd[0]!);
+      if (cmd[0] === "kind") kindVersion = r.stdout.trim();
     }
     if (missing.length) {
       throw new KindError(
@@ -104,6 +150,39 @@ export class KindDriver {
           "runs the same cases on a network-namespace lab.",
       );
     }
+    if (!this.o.dryRun && !kindVersion.includes(`kind ${KIND_VERSION} `)) {
+      this.log(
+        `warning: ${kindVersion || "kind"} is not ${KIND_VERSION}, the release the node image ` +
+          `${KIND_NODE_IMAGE.split("@")[0]} was built for`,
+      );
+    }
+  }
+
+  /**
+   * IPv6 kind clusters need IPv6 forwarding on the Docker host (kind's known issues; the
+   * kube-network-policies workflow enables it too). Returns whether it was switched on here,
+   * so the run can switch it back off.
+   */
+  async ensureIPv6Forwarding(): Promise<boolean> {
+    if (this.o.ipFamily === "ipv4") return false;
+    let now: string;
+    try {
+      now = await this.x.sysctl(IPV6_FORWARDING);
+    } catch (e) {
+      this.log(`warning: cannot read ${IPV6_FORWARDING} (${(e as Error).message}); not changed`);
+      return false;
+    }
+    if (now === "1") return false;
+    this.log(`enabling ${IPV6_FORWARDING} on this host for the IPv6 cluster (reset at the end)`);
+    try {
+      await this.x.sysctl(IPV6_FORWARDING, "1");
+    } catch (e) {
+      throw new KindError(
+        `${IPV6_FORWARDING} is ${now} and could not be set (${(e as Error).message}); ` +
+          `run \`sudo sysctl -w ${IPV6_FORWARDING}=1\` first, or run the e2e as root`,
+      );
+    }
+    return true;
   }
 
   kindConfig(): string {
@@ -117,6 +196,7 @@ export class KindDriver {
 
   async createCluster(): Promise<void> {
     this.log(`creating kind cluster ${this.o.clusterName} (${this.o.ipFamily})`);
+    // --retain keeps failed nodes for `kind export logs`; the run deletes the cluster itself.
     await this.must(
       [
         "kind",
@@ -130,11 +210,15 @@ export class KindDriver {
         "-",
         "--wait",
         "120s",
+        "--retain",
       ],
       this.kindConfig(),
       600_000,
     );
-    // Swap kindnet for a build without its own NetworkPolicy enforcer.
+  }
+
+  /** kindnet without its own policy controller, read back from the DaemonSet. */
+  async replaceKindnet(): Promise<void> {
     await this.kubectl([
       "-n",
       "kube-system",
@@ -148,28 +232,61 @@ export class KindDriver {
       undefined,
       200_000,
     );
+    const images = await this.kubectl([
+      "-n",
+      "kube-system",
+      "get",
+      "daemonset/kindnet",
+      "-o",
+      "jsonpath={.spec.template.spec.containers[*].image}",
+    ]);
+    if (!this.o.dryRun && images.trim() !== KINDNET_WITHOUT_POLICY) {
+      throw new KindError(
+        `kindnet runs ${images.trim() || "nothing"}, not ${KINDNET_WITHOUT_POLICY}: another ` +
+          "NetworkPolicy enforcer would hide kube-netpol's results",
+      );
+    }
   }
 
-  async buildAndLoadImage(): Promise<void> {
-    this.log(`building ${LOCAL_IMAGE} from the Dockerfile`);
-    await this.must(["docker", "build", "-t", LOCAL_IMAGE, this.o.repoRoot], undefined, 900_000);
-    await this.must(
-      ["kind", "load", "docker-image", LOCAL_IMAGE, "--name", this.o.clusterName],
+  /** The Dockerfile's image, built and loaded; or `--image`, loaded when Docker has it locally. */
+  async provideImage(): Promise<AgentImage> {
+    if (!this.o.image) {
+      this.log(`building ${LOCAL_IMAGE} from the Dockerfile`);
+      await this.must(["docker", "build", "-t", LOCAL_IMAGE, this.o.repoRoot], undefined, 900_000);
+      await this.loadImage(LOCAL_IMAGE);
+      return { ref: LOCAL_IMAGE, pullPolicy: "Never" };
+    }
+    const local = await this.x.run([
+      "docker",
+      "image",
+      "inspect",
+      "--format",
+      "{{.Id}}",
+      this.o.image,
+    ]);
+    if (local.code === 0) await this.loadImage(this.o.image);
+    else this.log(`${this.o.image} is not in the local Docker; the nodes pull it`);
+    return { ref: this.o.image, pullPolicy: "IfNotPresent" };
+  }
+
+  private loadImage(ref: string): Promise<string> {
+    return this.must(
+      ["kind", "load", "docker-image", ref, "--name", this.o.clusterName],
       undefined,
       300_000,
     );
   }
 
-  /** install.yaml with the image swapped for the one just built (never pulled). */
-  installManifest(installYaml: string): string {
-    return installYaml.replace(
-      /^(\s*)image: \S+$/m,
-      (_, indent) => `${indent}image: ${LOCAL_IMAGE}\n${indent}imagePullPolicy: Never`,
+  /** A manifest with every container image replaced by the agent image. */
+  withImage(manifest: string, image: AgentImage): string {
+    return manifest.replace(
+      /^(\s*)image: \S+$/gm,
+      (_, indent) => `${indent}image: ${image.ref}\n${indent}imagePullPolicy: ${image.pullPolicy}`,
     );
   }
 
-  async installAgent(installYaml: string): Promise<void> {
-    await this.kubectl(["apply", "-f", "-"], this.installManifest(installYaml));
+  async installAgent(installYaml: string, image: AgentImage): Promise<void> {
+    await this.kubectl(["apply", "-f", "-"], this.withImage(installYaml, image));
     await this.kubectl(
       ["-n", "kube-system", "rollout", "status", "daemonset/kube-netpol", "--timeout=180s"],
       undefined,
@@ -177,8 +294,16 @@ export class KindDriver {
     );
   }
 
-  /** The model with real servers: one agnhost container per port and protocol, as upstream. */
-  modelManifests(): string {
+  /** What every model pod serves: TCP and UDP always, SCTP only when a case probes it. */
+  servedPorts(cases: ConnectivityCase[]): ServedPort[] {
+    const sctp = cases.some((c) => c.expect.some((e) => e.protocol === "SCTP"));
+    return MODEL_PORTS.flatMap((port) =>
+      MODEL_PROTOCOLS.filter((p) => p !== "SCTP" || sctp).map((protocol) => ({ port, protocol }))
+    );
+  }
+
+  /** The model: namespaces x, y, z and their pods, each one agnhost porter (agnhost.ts). */
+  modelManifests(serve: ServedPort[]): string {
     const objects: unknown[] = [...modelNamespaces()];
     for (const key of MODEL_PODS) {
       const [namespace, name] = key.split("/") as [string, string];
@@ -188,28 +313,17 @@ export class KindDriver {
         metadata: { namespace, name, labels: { pod: name } },
         spec: {
           terminationGracePeriodSeconds: 0,
-          containers: MODEL_PORTS.flatMap((port) =>
-            MODEL_PROTOCOLS.map((protocol) => ({
-              name: `cont-${port}-${protocol.toLowerCase()}`,
-              image: AGNHOST_IMAGE,
-              args: [
-                "serve-hostname",
-                `--${protocol.toLowerCase()}`,
-                "--http=false",
-                `--port=${port}`,
-              ],
-              ports: [{ name: portName(port, protocol), containerPort: port, protocol }],
-            }))
-          ),
+          nodeSelector: { "kubernetes.io/os": "linux" },
+          containers: [serverContainer(serve)],
         },
       });
     }
     return objects.map((o) => stringify(o)).join("---\n");
   }
 
-  /** Deploy the model and return each pod's IP (the first of its IPs). */
-  async deployModel(): Promise<Map<string, string>> {
-    await this.kubectl(["apply", "-f", "-"], this.modelManifests());
+  /** Deploy the model and return each pod's address in every family of the run. */
+  async deployModel(cases: ConnectivityCase[]): Promise<PodIPs> {
+    await this.kubectl(["apply", "-f", "-"], this.modelManifests(this.servedPorts(cases)));
     for (const ns of ["x", "y", "z"]) {
       await this.kubectl(
         ["-n", ns, "wait", "--for=condition=Ready", "pod", "--all", "--timeout=300s"],
@@ -220,21 +334,35 @@ export class KindDriver {
     const list = JSON.parse(
       await this.kubectl(["get", "pods", "-A", "-l", "pod", "-o", "json"]) || '{"items":[]}',
     );
-    const ips = new Map<string, string>();
+    const ips: PodIPs = new Map();
     for (const p of list.items ?? []) {
-      ips.set(
-        `${p.metadata.namespace}/${p.metadata.name}`,
-        p.status?.podIPs?.[0]?.ip ?? p.status?.podIP,
-      );
+      const addrs: string[] = (p.status?.podIPs ?? []).map((i: { ip: string }) => i.ip);
+      if (!addrs.length && p.status?.podIP) addrs.push(p.status.podIP);
+      const byFamily: Partial<Record<Family, string>> = {};
+      for (const a of addrs) byFamily[a.includes(":") ? 6 : 4] ??= a;
+      ips.set(`${p.metadata.namespace}/${p.metadata.name}`, byFamily);
     }
-    for (const key of MODEL_PODS) if (!ips.get(key)) ips.set(key, `<ip of ${key}>`);
+    for (const pod of MODEL_PODS) {
+      const have = ips.get(pod) ?? {};
+      for (const f of this.families) {
+        if (have[f]) continue;
+        if (!this.o.dryRun) throw new KindError(`pod ${pod} has no IPv${f} address`);
+        have[f] = `<${pod} IPv${f}>`;
+      }
+      ips.set(pod, have);
+    }
     return ips;
   }
 
   /** One connection attempt from inside the client pod, as the upstream suite does. */
-  async probe(from: string, toIP: string, protocol: Protocol, port: number): Promise<Verdict> {
+  async probe(
+    from: string,
+    toIP: string,
+    family: Family,
+    protocol: Protocol,
+    port: number,
+  ): Promise<Verdict> {
     const [ns, pod] = from.split("/") as [string, string];
-    const host = toIP.includes(":") ? `[${toIP}]` : toIP;
     const r = await this.x.run([
       "kubectl",
       "--context",
@@ -244,19 +372,16 @@ export class KindDriver {
       ns,
       pod,
       "-c",
-      `cont-${port}-${protocol.toLowerCase()}`,
+      SERVER_CONTAINER,
       "--",
-      "/agnhost",
-      "connect",
-      `${host}:${port}`,
-      `--timeout=${this.o.probeTimeoutSeconds}s`,
-      `--protocol=${protocol.toLowerCase()}`,
+      ...connectCommand(toIP, family, port, protocol, this.o.probeTimeoutSeconds),
     ], { timeoutMs: (this.o.probeTimeoutSeconds + 20) * 1000 });
     return r.code === 0 ? "allow" : "deny";
   }
 
   private async probeAll(
-    ips: Map<string, string>,
+    ips: PodIPs,
+    family: Family,
     protocol: Protocol,
     port: number,
   ): Promise<Matrix> {
@@ -268,67 +393,214 @@ export class KindDriver {
     const worker = async () => {
       while (next < pairs.length) {
         const [f, t] = pairs[next++]!;
-        observed.get(f)!.set(t, await this.probe(f, ips.get(t)!, protocol, port));
+        observed.get(f)!.set(t, await this.probe(f, ips.get(t)![family]!, family, protocol, port));
       }
     };
     await Promise.all(Array.from({ length: this.o.parallel }, worker));
     return observed;
   }
 
-  async runCase(c: ConnectivityCase, ips: Map<string, string>): Promise<CaseResult> {
+  /**
+   * Probe until the matrix matches (a change takes a moment to reach every node), bounded by
+   * settleRounds. Returns the diff text, or "" when it matched. A dry run probes once.
+   */
+  private async settle(
+    expected: Matrix,
+    ips: PodIPs,
+    family: Family,
+    protocol: Protocol,
+    port: number,
+  ): Promise<string> {
+    const label = `${this.families.length > 1 ? `IPv${family} ` : ""}${protocol}/${port}`;
+    if (this.o.dryRun) {
+      await this.probeAll(ips, family, protocol, port);
+      return "";
+    }
+    let observed: Matrix = new Map();
+    for (let round = 0; round < this.o.settleRounds; round++) {
+      observed = await this.probeAll(ips, family, protocol, port);
+      if (sameAs(expected, observed)) return "";
+      if (round + 1 < this.o.settleRounds) await this.o.sleep(3000);
+    }
+    return `${label}:\n${formatMatrixDiff(expected, observed)}`;
+  }
+
+  private async deletePolicies(policies: NetworkPolicy[]): Promise<void> {
+    for (const n of new Set(policies.map((p) => p.metadata.namespace ?? "default"))) {
+      await this.kubectl(["-n", n, "delete", "networkpolicy", "--all", "--wait=true"]);
+    }
+  }
+
+  async runCase(c: ConnectivityCase, ips: PodIPs): Promise<CaseResult> {
     this.log(`case ${c.name}: ${c.description}`);
-    const policies = resolvePlaceholders(c.policies, (n, p) => ips.get(`${n}/${p}`)!);
+    const plan = planCase(c, this.families);
+    for (const s of plan.skipped) this.log(`  skipped ${s}`);
+    if (!plan.probeIn.length) return { name: c.name, pass: true, diffs: [], skipped: plan.skipped };
+    const policies = policiesFor(c, plan.resolveIn, (pod, f) => ips.get(pod)![f]!);
     if (policies.length) {
-      await this.kubectl(
-        ["apply", "-f", "-"],
-        policies.map((p) => stringify(p)).join("---\n"),
-      );
+      await this.kubectl(["apply", "-f", "-"], policies.map((p) => stringify(p)).join("---\n"));
     }
     const diffs: string[] = [];
     try {
-      for (const e of c.expect) {
-        if (this.o.dryRun) {
-          await this.probeAll(ips, e.protocol, e.port);
-          continue;
-        }
-        // A policy change takes a moment to reach every node: probe until it matches, bounded.
-        let observed: Matrix = new Map();
-        for (let round = 0; round < this.o.settleRounds; round++) {
-          observed = await this.probeAll(ips, e.protocol, e.port);
-          if (sameAs(e.matrix, observed)) break;
-          if (round + 1 < this.o.settleRounds) await this.o.sleep(3000);
-        }
-        if (!sameAs(e.matrix, observed)) {
-          diffs.push(`${e.protocol}/${e.port}:\n${formatMatrixDiff(e.matrix, observed)}`);
+      for (const family of plan.probeIn) {
+        for (const e of c.expect) {
+          const d = await this.settle(e.matrix, ips, family, e.protocol, e.port);
+          if (d) diffs.push(d);
         }
       }
     } finally {
-      for (const n of new Set(policies.map((p) => p.metadata.namespace ?? "default"))) {
-        await this.kubectl(["-n", n, "delete", "networkpolicy", "--all", "--wait=true"]);
-      }
+      await this.deletePolicies(policies);
     }
     for (const d of diffs) this.log(`  expected vs observed, ${d}`);
     this.log(`  ${this.o.dryRun ? "(dry run: not compared)" : diffs.length ? "FAIL" : "PASS"}`);
-    return { name: c.name, pass: diffs.length === 0, diffs };
+    const result: CaseResult = { name: c.name, pass: diffs.length === 0, diffs };
+    return plan.skipped.length ? { ...result, skipped: plan.skipped } : result;
   }
 
-  async runUpstreamSuite(): Promise<boolean> {
-    if (!this.o.e2eTestBinary) return true;
-    const kubeconfig = await this.must(["kind", "get", "kubeconfig", "--name", this.o.clusterName]);
-    const path = await Deno.makeTempFile({ suffix: ".kubeconfig" }).catch(() =>
-      "/tmp/kind-e2e.kubeconfig"
+  async runUpstreamSuite(): Promise<CaseResult> {
+    const u = this.o.upstream!;
+    const kubeconfig = `${this.o.artifactsDir}/kubeconfig`;
+    await this.must([
+      "kind",
+      "export",
+      "kubeconfig",
+      "--name",
+      this.o.clusterName,
+      "--kubeconfig",
+      kubeconfig,
+    ]);
+    const { cmd, env } = upstreamCommand({
+      e2eTest: u.e2eTest,
+      nodes: u.nodes,
+      focus: UPSTREAM_FOCUS,
+      skip: u.skip,
+      kubeconfig,
+      reportDir: `${this.o.artifactsDir}/upstream`,
+    });
+    this.log(`upstream ${UPSTREAM_FOCUS} suite on ${u.nodes} ginkgo nodes`);
+    const r = await this.x.run(cmd, { env, inheritOutput: true, timeoutMs: 2 * 3600_000 });
+    const pass = this.o.dryRun || r.code === 0;
+    this.log(
+      `  ${this.o.dryRun ? "(dry run: not judged)" : pass ? "PASS" : `FAIL (exit ${r.code})`}`,
     );
-    await Deno.writeTextFile(path, kubeconfig).catch(() => {});
-    const r = await this.x.run([
-      this.o.e2eTestBinary,
-      `--kubeconfig=${path}`,
-      "--provider=local",
-      "--ginkgo.focus=Netpol",
-      "--ginkgo.skip=Feature:SCTPConnectivity|Serial",
-      "--ginkgo.timeout=2h",
-    ], { timeoutMs: 2 * 3600_000 });
-    this.log(r.stdout.split("\n").slice(-30).join("\n"));
-    return r.code === 0;
+    return { name: `upstream ${UPSTREAM_FOCUS} suite (e2e.test)`, pass, diffs: [] };
+  }
+
+  /** Every kube-netpol rule, chain, set and table on each node, seen from its network namespace. */
+  async scanNodes(image: AgentImage): Promise<{ leftovers: string[]; unknown: string[] }> {
+    const leftovers: string[] = [];
+    const unknown: string[] = [];
+    for (const node of this.nodeNames()) {
+      // The agent image's own tools in the node's network namespace: the node image need not
+      // carry ipset or nft.
+      const out = await this.must(
+        [
+          "docker",
+          "run",
+          "--rm",
+          `--network=container:${node}`,
+          "--cap-add=NET_ADMIN",
+          "--entrypoint=sh",
+          image.ref,
+          "-c",
+          SCAN_SCRIPT,
+        ],
+        undefined,
+        120_000,
+      );
+      const scan = parseScan(out);
+      leftovers.push(...scan.leftovers.map((l) => `${node}: ${l.listing}: ${l.line}`));
+      unknown.push(...scan.unknown.map((l) => `${node}: ${l}`));
+    }
+    return { leftovers, unknown };
+  }
+
+  /**
+   * The README's uninstall, against the worst case: the agent fail-closed, a policy selecting
+   * every pod of x. Deleting install.yaml leaves the rules and x unreachable (as documented);
+   * uninstall.yaml must then leave no rule on any node and every pair reachable again (with the
+   * policy still there: nobody else enforces it).
+   */
+  async uninstall(m: Manifests, image: AgentImage, ips: PodIPs): Promise<CaseResult[]> {
+    this.log("uninstall: fail-closed agent, deleted, then uninstall.yaml");
+    const judge = (name: string, problems: string[]): CaseResult => {
+      const pass = this.o.dryRun || problems.length === 0;
+      for (const p of this.o.dryRun ? [] : problems) this.log(`  ${p}`);
+      this.log(`  ${name}: ${this.o.dryRun ? "(dry run: not judged)" : pass ? "PASS" : "FAIL"}`);
+      return { name, pass, diffs: this.o.dryRun ? [] : problems };
+    };
+    const family = this.families[0]!;
+    const isolatedX = matrixOf((to) => (to.startsWith("x/") ? "deny" : "allow"));
+    const open = matrixOf(() => "allow");
+
+    await this.kubectl([
+      "-n",
+      "kube-system",
+      "patch",
+      "daemonset/kube-netpol",
+      "--type=json",
+      `--patch=${
+        JSON.stringify([{ op: "add", path: FIRST_CONTAINER_ARGS, value: "--fail-open=false" }])
+      }`,
+    ]);
+    await this.kubectl(
+      ["-n", "kube-system", "rollout", "status", "daemonset/kube-netpol", "--timeout=180s"],
+      undefined,
+      200_000,
+    );
+    await this.kubectl(["apply", "-f", "-"], stringify(UNINSTALL_POLICY));
+    const results: CaseResult[] = [];
+    const enforced = await this.settle(isolatedX, ips, family, "TCP", 80);
+    results.push(judge("uninstall: fail-closed agent isolates x", enforced ? [enforced] : []));
+
+    await this.kubectl(
+      ["delete", "-f", "-", "--cascade=foreground", "--wait=true", "--timeout=180s"],
+      this.withImage(m.install, image),
+      200_000,
+    );
+    const kept = await this.scanNodes(image);
+    const stillIsolated = await this.settle(isolatedX, ips, family, "TCP", 80);
+    results.push(judge("uninstall: deleting install.yaml keeps fail-closed rules", [
+      ...this.nodeNames().filter((n) => !kept.leftovers.some((l) => l.startsWith(`${n}: `)))
+        .map((n) => `${n}: no kube-netpol rules left after a fail-closed exit`),
+      ...(stillIsolated ? [stillIsolated] : []),
+    ]));
+
+    await this.kubectl(["apply", "-f", "-"], this.withImage(m.uninstall, image));
+    await this.kubectl(
+      ["-n", "kube-system", "rollout", "status", "daemonset/kube-netpol-cleanup", "--timeout=300s"],
+      undefined,
+      320_000,
+    );
+    const after = await this.scanNodes(image);
+    results.push(judge("uninstall: uninstall.yaml leaves no rule, chain, set or table", [
+      ...after.leftovers.map((l) => `left behind: ${l}`),
+      ...after.unknown.map((l) => `could not list: ${l}`),
+    ]));
+    const reopened = await this.settle(open, ips, family, "TCP", 80);
+    results.push(
+      judge("uninstall: no node refuses connections afterwards", reopened ? [reopened] : []),
+    );
+    await this.kubectl(
+      ["delete", "-f", "-", "--cascade=foreground", "--wait=true", "--timeout=120s"],
+      this.withImage(m.uninstall, image),
+      140_000,
+    );
+    await this.deletePolicies([UNINSTALL_POLICY]);
+    return results;
+  }
+
+  get logsDir(): string {
+    return `${this.o.artifactsDir}/logs`;
+  }
+
+  async exportLogs(): Promise<void> {
+    await this.must(
+      ["kind", "export", "logs", this.logsDir, "--name", this.o.clusterName],
+      undefined,
+      300_000,
+    );
+    this.log(`cluster logs in ${this.logsDir}`);
   }
 
   async deleteCluster(): Promise<void> {
@@ -339,24 +611,61 @@ export class KindDriver {
     );
   }
 
-  /** The whole run; the cluster is deleted at the end unless `keep`. */
-  async runAll(cases: ConnectivityCase[], installYaml: string): Promise<CaseResult[]> {
+  /**
+   * The whole run. On any failure the cluster's logs are exported first; the cluster is deleted
+   * at the end unless `keep` (which also skips the uninstall, leaving the agent running).
+   */
+  async runAll(cases: ConnectivityCase[], m: Manifests): Promise<CaseResult[]> {
     await this.checkPrerequisites();
-    await this.createCluster();
+    const forwardingChanged = await this.ensureIPv6Forwarding();
     const results: CaseResult[] = [];
+    let error: unknown;
     try {
-      await this.buildAndLoadImage();
-      await this.installAgent(installYaml);
-      const ips = await this.deployModel();
+      await this.createCluster();
+      await this.replaceKindnet();
+      const image = await this.provideImage();
+      await this.installAgent(m.install, image);
+      const ips = await this.deployModel(cases);
       for (const c of cases) results.push(await this.runCase(c, ips));
-      const upstream = await this.runUpstreamSuite();
-      if (!upstream) results.push({ name: "upstream Netpol suite", pass: false, diffs: [] });
-    } finally {
-      if (this.o.keep) this.log(`kept cluster kind-${this.o.clusterName}`);
-      else await this.deleteCluster();
+      if (this.o.upstream) results.push(await this.runUpstreamSuite());
+      if (!this.o.keep) results.push(...(await this.uninstall(m, image, ips)));
+    } catch (e) {
+      error = e;
     }
+    // Clean-up never hides the first error; its own failures are reported after it.
+    const cleanupErrors: string[] = [];
+    const step = async (what: string, fn: () => Promise<unknown>) => {
+      try {
+        await fn();
+      } catch (e) {
+        cleanupErrors.push(`${what}: ${(e as Error).message}`);
+      }
+    };
+    if (this.o.dryRun) {
+      this.log(`# on a failure: kind export logs ${this.logsDir} --name ${this.o.clusterName}`);
+    } else if (error || results.some((r) => !r.pass)) {
+      await step("kind export logs", () => this.exportLogs());
+    }
+    if (this.o.keep) this.log(`kept cluster kind-${this.o.clusterName}`);
+    else {
+      await step("kind delete cluster", () => this.deleteCluster());
+      if (forwardingChanged) {
+        await step(`reset ${IPV6_FORWARDING}`, () => this.x.sysctl(IPV6_FORWARDING, "0"));
+      }
+    }
+    for (const e of cleanupErrors) this.log(`clean-up failed: ${e}`);
+    if (error) throw error;
+    if (cleanupErrors.length) throw new KindError(`clean-up failed: ${cleanupErrors.join("; ")}`);
     return results;
   }
+}
+
+/** Every ordered pair of distinct model pods, the verdict by destination. */
+function matrixOf(verdict: (to: string) => Verdict): Matrix {
+  return new Map(MODEL_PODS.map((f) => [
+    f,
+    new Map(MODEL_PODS.filter((t) => t !== f).map((t) => [t, verdict(t)])),
+  ]));
 }
 
 function sameAs(expected: Matrix, observed: Matrix): boolean {
