@@ -37,6 +37,8 @@ export const PROGRAMS: Readonly<Record<string, string>> = {
   socat: "socat",
   python3: "python3",
   ln: "base",
+  cat: "base",
+  ps: "procps",
   // the packet-path benchmark builds its C reference loop and load generator
   gcc: "gcc",
   // the kind e2e (a machine with Docker)

@@ -17,6 +17,7 @@ import { IptablesBackend, type IptablesFlavour } from "../../src/rules/iptables.
 import { NftablesBackend, renderNftQueue } from "../../src/rules/nftables.ts";
 import { chooseBackend } from "../../src/rules/choose.ts";
 import { cleanupAll } from "../../src/rules/cleanup.ts";
+import { processAlive } from "./topology.ts";
 
 const PREFIX = `knprl-${Deno.pid}-`;
 const DENY_MARK = 0x100000;
@@ -62,12 +63,7 @@ async function removeNamespaces(all: boolean): Promise<void> {
     const m = /^knprl-(\d+)-/.exec(name);
     if (!m) continue;
     const mine = name.startsWith(PREFIX);
-    let dead = false;
-    try {
-      dead = !mine && !(await Deno.stat(`/proc/${m[1]}`)).isDirectory;
-    } catch {
-      dead = !mine;
-    }
+    const dead = !mine && !(await processAlive(Number(m[1])));
     if ((mine && all) || dead) await sh("ip", "netns", "del", name);
   }
 }

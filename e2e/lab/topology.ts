@@ -174,13 +174,12 @@ async function deleteNetns(netns: string): Promise<void> {
   }
 }
 
-function pidAlive(pid: number): boolean {
-  try {
-    Deno.statSync(`/proc/${pid}`);
-    return true;
-  } catch {
-    return false;
-  }
+/**
+ * Whether a process exists. `ps`, not /proc: Deno reads /proc only with --allow-all, and the lab
+ * runs with narrower permissions.
+ */
+export async function processAlive(pid: number): Promise<boolean> {
+  return (await run(["ps", "-p", String(pid)], { timeoutMs: 5_000 })).code === 0;
 }
 
 const LAB_NAME = /^(.*)-(\d+)-([0-9a-z]{4})-(node|p\d+)$/;
@@ -195,7 +194,7 @@ export async function cleanupStaleLabs(prefix: string): Promise<string[]> {
   for (const netns of await listNetns(prefix)) {
     const m = LAB_NAME.exec(netns);
     if (!m || m[1] !== prefix) continue;
-    if (pidAlive(Number(m[2]))) continue;
+    if (await processAlive(Number(m[2]))) continue;
     await deleteNetns(netns);
     removed.push(netns);
   }
