@@ -38,6 +38,7 @@ export const PROGRAMS: Readonly<Record<string, string>> = {
   python3: "python3",
   ln: "base",
   cat: "base",
+  prlimit: "base",
   ps: "procps",
   // the packet-path benchmark builds its C reference loop and load generator
   gcc: "gcc",

@@ -119,4 +119,36 @@ export class AgentMetrics {
     labelNames: ["kind", "cause"] as const,
     registers: [this.registry],
   });
+  readonly buildInfo = new Gauge({
+    name: "kube_netpol_build_info",
+    help: "Always 1; the label says which kube-netpol version runs",
+    labelNames: ["version"] as const,
+    registers: [this.registry],
+  });
+
+  // --- the HTTP server (src/http_server.ts) ---
+  readonly httpConnectionsRejected = new Counter({
+    name: "kube_netpol_http_connections_rejected_total",
+    help: "HTTP connections closed at once because the server was at its connection cap " +
+      "(reason limit) or the peer at its own (reason peer_limit)",
+    labelNames: ["reason"] as const,
+    registers: [this.registry],
+  });
+  readonly httpHeaderTimeouts = new Counter({
+    name: "kube_netpol_http_header_timeouts_total",
+    help: "HTTP connections closed because the request headers did not arrive in time",
+    registers: [this.registry],
+  });
+  readonly httpAcceptErrors = new Counter({
+    name: "kube_netpol_http_accept_errors_total",
+    help: "Failed accepts on the HTTP port by errno (EMFILE, ENFILE, ECONNABORTED, ..., other); " +
+      "the server pauses briefly and keeps accepting",
+    labelNames: ["code"] as const,
+    registers: [this.registry],
+  });
+  readonly httpOpenConnections = new Gauge({
+    name: "kube_netpol_http_open_connections",
+    help: "HTTP connections currently open",
+    registers: [this.registry],
+  });
 }

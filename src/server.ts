@@ -1,10 +1,25 @@
 /**
  * The agent's HTTP endpoints: Prometheus metrics, liveness, readiness and a JSON view of the
  * policies in force. A thin adapter: every answer comes from the AgentMetrics registry or the
- * HealthChecks callbacks main.ts wires in; nothing here knows about packets or policies.
+ * HealthChecks callbacks main.ts wires in; nothing here knows about packets or policies, and
+ * nothing here knows about sockets either (connection handling, caps and timeouts live in
+ * http_server.ts).
+ *
+ * Exposure: the agent runs with hostNetwork, so whatever listens on the bind address is reachable
+ * from every pod. `/metrics`, `/healthz` and `/readyz` are served to anyone who reaches the port;
+ * `/debug/*` (policy names, invalid-object errors) only to loopback peers unless
+ * `--debug-endpoints=anywhere`.
  */
 import type { AgentMetrics } from "./metrics.ts";
 import type { Logger } from "./log.ts";
+import {
+  type HttpHandler,
+  type HttpLimits,
+  type HttpRequest,
+  type HttpResponse,
+  HttpServer,
+  isLoopback,
+} from "./http_server.ts";
 
 export interface HealthCheckResult {
   ok: boolean;
@@ -71,15 +86,36 @@ export function parseBindAddress(addr: string): BindAddress {
   return { hostname: host, port: Number(portText) };
 }
 
-function text(status: number, body: string, headers: Record<string, string> = {}): Response {
-  return new Response(body, {
+/** Who may read `/debug/*`: loopback peers only (default), or anyone who reaches the port. */
+export type DebugEndpoints = "loopback" | "anywhere";
+export const DEBUG_ENDPOINTS: readonly DebugEndpoints[] = ["loopback", "anywhere"];
+
+export interface ServerOptions {
+  /** Concurrent connections from other hosts; more are closed at once (default 64). */
+  maxConnections?: number;
+  /** Default "loopback". */
+  debugEndpoints?: DebugEndpoints;
+  /** Everything else http_server.ts bounds (timeouts, sizes); for tests. */
+  limits?: Partial<HttpLimits>;
+  /** Overrides which peers count as the node itself (tests). */
+  isNodeLocal?: (peer: string, local: string) => boolean;
+}
+
+function text(status: number, body: string, headers: Record<string, string> = {}): HttpResponse {
+  return {
     status,
     headers: { "content-type": "text/plain; charset=utf-8", ...headers },
-  });
+    body,
+  };
 }
 
 /** /healthz and /readyz: 200 "ok" or 503 with the reason; `?verbose` shows the detail on 200 too. */
-function probe(name: string, check: () => HealthCheckResult, url: URL, log: Logger): Response {
+function probe(
+  name: string,
+  check: () => HealthCheckResult,
+  req: HttpRequest,
+  log: Logger,
+): HttpResponse {
   let result: HealthCheckResult;
   try {
     result = check();
@@ -90,42 +126,58 @@ function probe(name: string, check: () => HealthCheckResult, url: URL, log: Logg
   if (result.ok) {
     return text(
       200,
-      url.searchParams.has("verbose") && result.detail ? `ok: ${result.detail}\n` : "ok\n",
+      req.query.has("verbose") && result.detail ? `ok: ${result.detail}\n` : "ok\n",
     );
   }
   return text(503, `${result.detail || `${name} failed`}\n`);
 }
 
-function makeHandler(metrics: AgentMetrics, health: HealthChecks, log: Logger) {
-  return async (req: Request): Promise<Response> => {
-    const url = new URL(req.url);
+const KNOWN_PATHS = ["/metrics", "/healthz", "/readyz", "/debug/policies"];
+
+/** The endpoints as a request -> response function (no sockets: see http_server.ts). */
+export function makeHandler(
+  metrics: AgentMetrics,
+  health: HealthChecks,
+  log: Logger,
+  debugEndpoints: DebugEndpoints = "loopback",
+): HttpHandler {
+  return async (req) => {
     const debug = log.v(4);
-    if (debug.enabled) debug.info("http request", { method: req.method, path: url.pathname });
-    const known = ["/metrics", "/healthz", "/readyz", "/debug/policies"];
-    if (!known.includes(url.pathname)) return text(404, "404 page not found\n");
+    if (debug.enabled) {
+      debug.info("http request", { method: req.method, path: req.path, peer: req.peer });
+    }
+    if (!KNOWN_PATHS.includes(req.path)) return text(404, "404 page not found\n");
+    if (
+      req.path.startsWith("/debug/") && debugEndpoints === "loopback" && !isLoopback(req.peer)
+    ) {
+      return text(
+        403,
+        "/debug endpoints are served to loopback clients only (see --debug-endpoints)\n",
+      );
+    }
     if (req.method !== "GET" && req.method !== "HEAD") {
       return text(405, "method not allowed\n", { allow: "GET, HEAD" });
     }
-    switch (url.pathname) {
+    switch (req.path) {
       case "/metrics":
         try {
           const body = await metrics.registry.metrics();
-          return new Response(body, {
-            headers: { "content-type": metrics.registry.contentType },
-          });
+          return { status: 200, headers: { "content-type": metrics.registry.contentType }, body };
         } catch (e) {
           log.error("collecting metrics failed", { err: e });
           return text(500, `collecting metrics failed: ${(e as Error)?.message ?? e}\n`);
         }
       case "/healthz":
-        return probe("liveness", () => health.live(), url, log);
+        return probe("liveness", () => health.live(), req, log);
       case "/readyz":
-        return probe("readiness", () => health.ready(), url, log);
+        return probe("readiness", () => health.ready(), req, log);
       default: // /debug/policies
         try {
-          return new Response(JSON.stringify(health.debugPolicies(), null, 2) + "\n", {
+          return {
+            status: 200,
             headers: { "content-type": "application/json; charset=utf-8" },
-          });
+            body: JSON.stringify(health.debugPolicies(), null, 2) + "\n",
+          };
         } catch (e) {
           log.error("rendering /debug/policies failed", { err: e });
           return text(500, `rendering policies failed: ${(e as Error)?.message ?? e}\n`);
@@ -140,50 +192,65 @@ function isPermissionOrInUse(e: unknown): boolean {
 }
 
 /**
- * Listen on `addr` and serve the endpoints. Throws BindAddressError for a malformed address and
- * Deno's own errors (AddrInUse, ...) when the socket cannot be bound, so main can exit clearly.
+ * Listen on the address (a string, or `address` among the options) and serve the endpoints.
+ * Throws BindAddressError for a malformed address and Deno's own errors (AddrInUse, ...) when the
+ * socket cannot be bound, so main can exit clearly.
  */
 export function startServer(
-  addr: string,
+  addrOrOptions: string | ServerOptions & { address: string },
   metrics: AgentMetrics,
   health: HealthChecks,
   log: Logger,
 ): RunningServer {
-  const { hostname, port } = parseBindAddress(addr);
-  const handler = makeHandler(metrics, health, log);
-  const serve = (host: string) =>
-    Deno.serve({
-      hostname: host,
-      port,
-      onListen: () => {}, // Deno's default prints to stdout; we log instead
-      onError: (e) => {
-        log.error("http handler failed", { err: e });
-        return text(500, "internal error\n");
-      },
-    }, handler);
-
-  let server: Deno.HttpServer<Deno.NetAddr>;
+  const opts: ServerOptions = typeof addrOrOptions === "string" ? {} : addrOrOptions;
+  const { hostname, port } = parseBindAddress(
+    typeof addrOrOptions === "string" ? addrOrOptions : addrOrOptions.address,
+  );
+  const listen = (host: string) => Deno.listen({ hostname: host, port, transport: "tcp" });
+  let listener: Deno.TcpListener;
   if (hostname !== "") {
-    server = serve(hostname);
+    listener = listen(hostname);
   } else {
     // All interfaces: "::" is dual-stack on Linux (bindv6only=0); on a node with IPv6 disabled
     // fall back to IPv4 only, as Go does.
     try {
-      server = serve("::");
+      listener = listen("::");
     } catch (e) {
       if (isPermissionOrInUse(e)) throw e;
-      server = serve("0.0.0.0");
+      listener = listen("0.0.0.0");
     }
   }
-  const bound = server.addr;
+  // Series that exist from the start, so rate() and alerts see a 0 rather than nothing.
+  for (const reason of ["limit", "peer_limit"]) metrics.httpConnectionsRejected.inc({ reason }, 0);
+  const server = new HttpServer(
+    [listener],
+    makeHandler(metrics, health, log, opts.debugEndpoints),
+    {
+      log,
+      limits: {
+        ...opts.limits,
+        ...(opts.maxConnections !== undefined ? { maxConnections: opts.maxConnections } : {}),
+      },
+      ...(opts.isNodeLocal ? { isNodeLocal: opts.isNodeLocal } : {}),
+      events: {
+        connectionRejected: (reason) => metrics.httpConnectionsRejected.inc({ reason }),
+        headerTimeout: () => metrics.httpHeaderTimeouts.inc(),
+        acceptError: (code) => metrics.httpAcceptErrors.inc({ code }),
+        openConnections: (n) => metrics.httpOpenConnections.set(n),
+      },
+    },
+  );
+  const bound = listener.addr;
+  const { limits } = server;
   log.info("serving metrics and health endpoints", {
+    maxConnections: limits.maxConnections,
+    debugEndpoints: opts.debugEndpoints ?? "loopback",
     address: `${
       bound.hostname.includes(":") ? `[${bound.hostname}]` : bound.hostname
     }:${bound.port}`,
   });
-  let closing: Promise<void> | undefined;
   return {
     port: bound.port,
-    close: () => closing ??= server.shutdown(),
+    close: () => server.close(),
   };
 }

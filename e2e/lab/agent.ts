@@ -3,8 +3,9 @@
  * needs to drive it: the manifest directory it watches, readiness, and "policies enforced" (the
  * policy set in force equals the expected one and the rules caught up with it).
  *
- * The agent's HTTP endpoints listen on 127.0.0.1 INSIDE the node netns, which the driver (in the
- * root netns) cannot reach; requests therefore go through `curl` run in that netns.
+ * The agent's HTTP endpoints listen on 127.0.0.1 INSIDE the node netns (or on every address of it
+ * with `metricsBindAll`, as the DaemonSet's `:9080` does), which the driver (in the root netns)
+ * cannot reach; requests therefore go through `curl` run in that netns, on loopback.
  */
 import { stringify } from "yaml";
 import type { Lab } from "./topology.ts";
@@ -24,6 +25,11 @@ export interface LabAgentOptions {
   failOpen?: boolean;
   queueId?: number;
   metricsPort?: number;
+  /** Bind `:<metricsPort>` (every address of the node netns, so pods reach it at the node IP)
+   * instead of 127.0.0.1. */
+  metricsBindAll?: boolean;
+  /** Run the agent with this RLIMIT_NOFILE (soft = hard; Deno raises soft to hard anyway). */
+  maxOpenFiles?: number;
   verbosity?: number;
   extraArgs?: string[];
   /** Also copy the agent's log lines to our stderr as they come. */
@@ -66,6 +72,9 @@ export class LabAgent {
   static async start(lab: Lab, opts: LabAgentOptions, readyTimeoutMs = 30_000): Promise<LabAgent> {
     const port = opts.metricsPort ?? 9080;
     const args = [
+      ...(opts.maxOpenFiles
+        ? ["prlimit", `--nofile=${opts.maxOpenFiles}:${opts.maxOpenFiles}`, "--"]
+        : []),
       Deno.execPath(),
       "run",
       "--frozen",
@@ -79,7 +88,7 @@ export class LabAgent {
       "--hostname-override",
       opts.nodeName,
       "--metrics-bind-address",
-      `127.0.0.1:${port}`,
+      opts.metricsBindAll ? `:${port}` : `127.0.0.1:${port}`,
       "--nfqueue-id",
       String(opts.queueId ?? 100),
       `--fail-open=${opts.failOpen ?? true}`,

@@ -11,7 +11,7 @@ import { PolicyEngine } from "../policy/engine.ts";
 import { explainDecision } from "../policy/explain.ts";
 import { formatObjectError, type ObjectError } from "../policy/types.ts";
 import { createLogger, type Logger, RateLimiter } from "../log.ts";
-import { startServer } from "../server.ts";
+import { DEBUG_ENDPOINTS, type DebugEndpoints, startServer } from "../server.ts";
 import { applyEvent } from "../state/apply.ts";
 import type { StateEvent } from "../state/events.ts";
 import type { ClusterSource } from "../state/source.ts";
@@ -29,6 +29,8 @@ const FLAGS: FlagSpec = {
   "queue-maxlen": { type: "string", default: "4096" },
   "deny-mark": { type: "string", default: `0x${DEFAULT_DENY_MARK.toString(16)}` },
   "metrics-bind-address": { type: "string", default: ":9080" },
+  "metrics-max-connections": { type: "string", default: "64" },
+  "debug-endpoints": { type: "string", default: "loopback" },
   v: { type: "string", short: "v", default: "2" },
   "log-format": { type: "string", default: "text" },
   "deny-log-rate": { type: "string", default: "50" },
@@ -45,7 +47,12 @@ const HELP: Record<string, string> = {
   "nfqueue-id": "netfilter queue number",
   "queue-maxlen": "kernel queue length before packets are dropped (or bypassed when fail-open)",
   "deny-mark": "packet mark bit used to reject denied connections fast",
-  "metrics-bind-address": "address for /metrics, /healthz, /readyz",
+  "metrics-bind-address": "address for /metrics, /healthz, /readyz (and /debug/*, see " +
+    "--debug-endpoints)",
+  "metrics-max-connections": "concurrent HTTP connections from other hosts (8 per address at " +
+    "most); more are closed at once. The node itself has 16 more of its own",
+  "debug-endpoints": "who may read /debug/*: loopback (clients on the node's loopback only) " +
+    "or anywhere",
   v: "log verbosity: 0 errors and warnings, 2 normal, 4 every verdict",
   "log-format": "text or json",
   "deny-log-rate": "deny log lines per second at most (the rest are counted and summarized)",
@@ -61,6 +68,10 @@ export interface RunOptions {
   queueMaxLen: number;
   denyMark: number;
   metricsAddress: string;
+  metricsMaxConnections: number;
+  debugEndpoints: DebugEndpoints;
+  /** Reported as kube_netpol_build_info{version}; main.ts's VERSION. */
+  version?: string;
   verbosity: number;
   logFormat: "text" | "json";
   denyLogRate: number;
@@ -87,12 +98,21 @@ export function parseRunFlags(args: string[]): RunOptions | "help" {
   if (logFormat !== "text" && logFormat !== "json") {
     throw new UsageError(`--log-format must be text or json, not ${JSON.stringify(logFormat)}`);
   }
+  const debugEndpoints = values["debug-endpoints"] as DebugEndpoints;
+  if (!DEBUG_ENDPOINTS.includes(debugEndpoints)) {
+    throw new UsageError(
+      `--debug-endpoints must be ${DEBUG_ENDPOINTS.join(" or ")}, not ${
+        JSON.stringify(debugEndpoints)
+      }`,
+    );
+  }
   const numbers = {
     queueId: intFlag(values, "nfqueue-id", 0, 65535),
     queueMaxLen: intFlag(values, "queue-maxlen", 1, 1 << 20),
     denyMark: intFlag(values, "deny-mark", 1, 0xffffffff),
     verbosity: intFlag(values, "v", 0, 10),
     denyLogRate: intFlag(values, "deny-log-rate", 1, 100000),
+    metricsMaxConnections: intFlag(values, "metrics-max-connections", 1, 10000),
   };
   // Last: the hostname fallback needs a permission, and flag mistakes should be reported first.
   const nodeName = (values["hostname-override"] as string | undefined) ||
@@ -104,6 +124,7 @@ export function parseRunFlags(args: string[]): RunOptions | "help" {
     nodeName,
     failOpen: values["fail-open"] as boolean,
     metricsAddress: values["metrics-bind-address"] as string,
+    debugEndpoints,
     logFormat,
   };
 }
@@ -115,7 +136,7 @@ export async function runCommand(args: string[], version: string): Promise<numbe
     return 0;
   }
   const log = createLogger({ verbosity: opts.verbosity, format: opts.logFormat });
-  const agent = new Agent(opts, log);
+  const agent = new Agent({ ...opts, version }, log);
   log.info("starting kube-netpol", {
     version,
     node: opts.nodeName,
@@ -160,6 +181,7 @@ export class Agent {
 
   constructor(readonly opts: RunOptions, private readonly log: Logger) {
     this.denyLimiter = new RateLimiter(opts.denyLogRate, opts.denyLogRate * 2);
+    this.metrics.buildInfo.set({ version: opts.version ?? "unknown" }, 1);
   }
 
   get port(): number | undefined {
@@ -168,7 +190,12 @@ export class Agent {
 
   async start(): Promise<void> {
     const { opts, log } = this;
-    this.server = startServer(opts.metricsAddress, this.metrics, {
+    const http = {
+      address: opts.metricsAddress,
+      maxConnections: opts.metricsMaxConnections,
+      debugEndpoints: opts.debugEndpoints,
+    };
+    this.server = startServer(http, this.metrics, {
       live: () => this.liveness(),
       ready: () => this.readiness(),
       debugPolicies: () => ({
