@@ -1,23 +1,19 @@
-# kube-netpol node agent image.
-# Build stage: deno compile bakes the agent's exact permissions (src/cli/permissions.ts; a unit
-# test keeps this list equal to it) into one self-contained binary.
-# Runtime stage: the C library we bind and the rule tools the backends run, nothing else.
-FROM denoland/deno:debian-2.9.6 AS build
+# kube-netpol node agent image, for linux/amd64 and linux/arm64:
+#   docker buildx build --platform linux/amd64,linux/arm64 -t <registry>/kube-netpol:<tag> .
+# Build stage: runs on the build machine's own platform and cross-compiles with `deno compile
+# --target` (no emulation). scripts/compile.ts computes the flags from src/cli/permissions.ts for
+# the target architecture (library paths from ffi/library.ts); a unit test keeps this file on it.
+# Runtime stage: per target platform, the C library we bind and the rule tools, nothing else.
+FROM --platform=$BUILDPLATFORM denoland/deno:debian-2.9.6 AS build
+ARG TARGETARCH
 WORKDIR /src
 COPY deno.json deno.lock main.ts ./
 COPY src ./src
 COPY ffi ./ffi
-RUN deno cache --frozen main.ts src/verdict/verdict_worker.ts
-# The verdict loop runs in a Worker, which compile only bundles when --include names it.
-RUN deno compile --frozen --output /kube-netpol \
-      --include src/verdict/verdict_worker.ts \
-      --allow-ffi=/usr/lib/x86_64-linux-gnu/libnetfilter_queue.so.1,/usr/lib/x86_64-linux-gnu/libc.so.6 \
-      --allow-net \
-      --allow-read \
-      --allow-env \
-      --allow-run=iptables-nft,iptables-nft-save,iptables-nft-restore,ip6tables-nft,ip6tables-nft-save,ip6tables-nft-restore,iptables-legacy,iptables-legacy-save,iptables-legacy-restore,ip6tables-legacy,ip6tables-legacy-save,ip6tables-legacy-restore,ipset,nft \
-      --allow-sys=hostname \
-      main.ts
+COPY scripts/compile.ts ./scripts/
+RUN deno cache --frozen main.ts src/verdict/verdict_worker.ts scripts/compile.ts
+RUN deno run --frozen --allow-read --allow-run scripts/compile.ts \
+      --target "$TARGETARCH" --output /kube-netpol
 
 FROM debian:12-slim
 RUN apt-get update \

@@ -16,6 +16,11 @@ Usage:
 
 Run 'kube-netpol <command> --help' for a command's flags.`;
 
+/** Commands other than `run` never need FFI (the compiled binary grants it to every command). */
+function revokeFfi(): void {
+  Deno.permissions.revokeSync({ name: "ffi" });
+}
+
 async function main(args: string[]): Promise<number> {
   const [command, ...rest] = args;
   switch (command) {
@@ -30,10 +35,23 @@ async function main(args: string[]): Promise<number> {
       console.log(VERSION);
       return 0;
     case "simulate":
+      revokeFfi();
       return (await import("./src/cli/simulate_command.ts")).simulateCommand(rest);
-    case "run":
-      return (await import("./src/cli/run.ts")).runCommand(rest, VERSION);
+    case "run": {
+      // First, before any module that loads an npm package: the verdict Worker takes FFI with a
+      // permission set of its own, and this thread gives FFI up (src/verdict/worker_spawn.ts).
+      const { spawnVerdictWorker } = await import("./src/verdict/worker_spawn.ts");
+      let verdictWorker;
+      try {
+        verdictWorker = spawnVerdictWorker();
+      } catch (e) {
+        console.error(`kube-netpol: cannot start the verdict worker: ${(e as Error).message}`);
+        return 1;
+      }
+      return (await import("./src/cli/run.ts")).runCommand(rest, VERSION, verdictWorker);
+    }
     case "cleanup":
+      revokeFfi();
       return (await import("./src/cli/cleanup.ts")).cleanupCommand(rest);
     default:
       throw new UsageError(`unknown command ${JSON.stringify(command)}; try --help`);

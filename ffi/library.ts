@@ -1,9 +1,17 @@
 /**
- * Loading the two C libraries, and the one place where C failures become exceptions.
+ * Loading the two C libraries, the one place that knows where they live on each architecture,
+ * and the one place where C failures become exceptions.
  *
- * Libraries are opened by absolute path first, because `--allow-ffi=<paths>` (the narrowest
- * permission) only admits the paths it names; the bare soname is tried last for distributions
- * with other layouts (that needs unscoped --allow-ffi).
+ * Where: `candidatePaths` is the whole truth about library locations. The loader tries exactly
+ * that list, and the permission list (`--allow-ffi=`, src/cli/permissions.ts), the verdict
+ * Worker's own FFI grant (src/verdict/worker_spawn.ts), the Dockerfile and `deno task compile`
+ * all derive from it, so an arm64 node and an amd64 node are configured by the same code.
+ *
+ * What FFI grants: `Deno.dlopen` resolves symbols through the library's whole dependency tree,
+ * and both libraries depend on libc. Any FFI permission, however narrowly scoped by path,
+ * therefore reaches every libc function (system(), execve(), open() for writing). Scoping the
+ * path is no containment; only the thread that holds FFI is. Only the verdict Worker holds it,
+ * and that Worker runs only our own code (no npm package); see the README's security section.
  */
 import { LIBC_SYMBOLS, NFQ_SYMBOLS } from "./symbols.ts";
 
@@ -19,16 +27,40 @@ export interface Libraries {
 
 export const NFQ_SONAME = "libnetfilter_queue.so.1";
 export const LIBC_SONAME = "libc.so.6";
+/** Every library the agent binds. */
+export const SONAMES = [NFQ_SONAME, LIBC_SONAME] as const;
 
-/** Multiarch directories first (Debian/Ubuntu), then the classic ones. */
-function libraryDirs(): string[] {
-  const triplet = Deno.build.arch === "aarch64" ? "aarch64-linux-gnu" : "x86_64-linux-gnu";
+/** The CPU architectures the agent supports (Deno's names; Docker calls them amd64 and arm64). */
+export type Arch = "x86_64" | "aarch64";
+export const ARCHES: readonly Arch[] = ["x86_64", "aarch64"];
+
+/** GNU multiarch triplets: the directory Debian and Ubuntu keep each architecture's libraries in. */
+const MULTIARCH: Record<Arch, string> = {
+  x86_64: "x86_64-linux-gnu",
+  aarch64: "aarch64-linux-gnu",
+};
+
+/** The architecture this process runs on; throws on one the agent has no library paths for. */
+export function hostArch(): Arch {
+  const arch = Deno.build.arch as string;
+  if (arch === "x86_64" || arch === "aarch64") return arch;
+  throw new Error(`unsupported CPU architecture ${arch} (supported: ${ARCHES.join(", ")})`);
+}
+
+/** Multiarch directories first (Debian, Ubuntu: the image), then the classic ones (Fedora...). */
+function libraryDirs(arch: Arch): string[] {
+  const triplet = MULTIARCH[arch];
   return [`/usr/lib/${triplet}`, `/lib/${triplet}`, "/usr/lib64", "/lib64", "/usr/lib", "/lib"];
 }
 
-/** The absolute paths tried for a soname, in order; for `--allow-ffi=` and error messages. */
-export function candidatePaths(soname: string): string[] {
-  return libraryDirs().map((d) => `${d}/${soname}`);
+/** The absolute paths tried for a soname on `arch`, in order. */
+export function candidatePaths(soname: string, arch: Arch = hostArch()): string[] {
+  return libraryDirs(arch).map((d) => `${d}/${soname}`);
+}
+
+/** Every absolute path the loader may open on `arch`: what `--allow-ffi=` must name. */
+export function ffiPaths(arch: Arch = hostArch()): string[] {
+  return SONAMES.flatMap((soname) => candidatePaths(soname, arch));
 }
 
 /** Errno values the agent reacts to or explains (Linux numbering, same on x86_64 and arm64). */
@@ -85,12 +117,15 @@ function openFirst<S extends Deno.ForeignLibraryInterface>(
   install: string,
 ): Deno.DynamicLibrary<S> {
   const tried: string[] = [];
-  for (const path of [...candidatePaths(soname), soname]) {
+  // Absolute candidates only, never the bare soname (the dynamic loader's own search): the verdict
+  // Worker's FFI grant names exactly these paths, so anything else would be refused anyway.
+  for (const path of candidatePaths(soname)) {
     try {
       return Deno.dlopen(path, symbols);
     } catch (e) {
-      if (e instanceof Deno.errors.NotCapable || e instanceof Deno.errors.PermissionDenied) throw e;
-      tried.push(path);
+      const notPermitted = e instanceof Deno.errors.NotCapable ||
+        e instanceof Deno.errors.PermissionDenied;
+      tried.push(notPermitted ? `${path} (not permitted)` : path);
     }
   }
   throw new Error(

@@ -3,7 +3,9 @@
  * parameter annotated with its C type. Loading lives in library.ts; the typed wrapper in queue.ts.
  *
  * Only JS-owned buffers and opaque handles cross this boundary: no callbacks and no pointer reads
- * (`UnsafePointerView`), so the agent runs with `--allow-ffi` scoped to the two library paths.
+ * (`UnsafePointerView`), so `--allow-ffi` can be scoped to the library paths. That scoping is not
+ * a sandbox: a library handle resolves any libc symbol (see library.ts), so whoever holds FFI can
+ * call all of libc. This table is what our own code calls; only the verdict Worker calls it.
  */
 
 /** libnetfilter_queue.so.1 (Debian 12: 1.0.5). Used only to bind and configure the queue. */
@@ -32,8 +34,8 @@ export const NFQ_SYMBOLS = {
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /**
- * libc.so.6: socket I/O on the queue's netlink socket, errno, and plain file reads (for
- * /proc/net/netfilter/nfnetlink_queue, which Deno's own file API only reads with --allow-all).
+ * libc.so.6: socket I/O on the queue's netlink socket, errno, and reading /proc (the queue's
+ * kernel counters and the process metrics), which Deno's own file API only reads with --allow-all.
  */
 export const LIBC_SYMBOLS = {
   /** int open(const char *pathname, int flags) — pathname NUL-terminated in a JS buffer. */
@@ -42,6 +44,13 @@ export const LIBC_SYMBOLS = {
   read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
   /** int close(int fd) */
   close: { parameters: ["i32"], result: "i32" },
+  /**
+   * ssize_t getdents64(int fd, void *dirp, size_t count) — directory entries (struct
+   * linux_dirent64) into a JS buffer; counts /proc/self/fd without Deno's file API.
+   */
+  getdents64: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  /** long sysconf(int name) — clock ticks per second for /proc CPU times. */
+  sysconf: { parameters: ["i32"], result: "i64" },
   /** ssize_t recv(int sockfd, void *buf, size_t len, int flags) — blocks up to SO_RCVTIMEO. */
   recv: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
   /** ssize_t send(int sockfd, const void *buf, size_t len, int flags) */

@@ -151,4 +151,32 @@ export class AgentMetrics {
     help: "HTTP connections currently open",
     registers: [this.registry],
   });
+
+  // --- the process, by the Prometheus client conventions; read from /proc by the verdict Worker
+  // (src/verdict/process_stats.ts), since Deno's file API cannot read /proc without --allow-all ---
+  readonly processResidentMemory = new Gauge({
+    name: "process_resident_memory_bytes",
+    help: "Resident memory size in bytes",
+    registers: [this.registry],
+  });
+  readonly processCpuSeconds = new Counter({
+    name: "process_cpu_seconds_total",
+    help: "User and system CPU time spent, in seconds (all threads)",
+    registers: [this.registry],
+  });
+  readonly processOpenFds = new Gauge({
+    name: "process_open_fds",
+    help: "Open file descriptors",
+    registers: [this.registry],
+  });
+  readonly processMaxFds = new Gauge({
+    name: "process_max_fds",
+    help: "Maximum number of open file descriptors (soft limit)",
+    registers: [this.registry],
+  });
+  readonly processStartTime = new Gauge({
+    name: "process_start_time_seconds",
+    help: "Start time of the process since the Unix epoch, in seconds",
+    registers: [this.registry],
+  });
 }

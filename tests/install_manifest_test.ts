@@ -1,10 +1,12 @@
 /**
  * install.yaml keeps the promises the README makes to operators (least privilege, placement,
- * probes), and the Dockerfile bakes exactly the agent's permission list into the binary.
+ * probes), and the Dockerfile builds every architecture with exactly the agent's permission list.
  */
 import assert from "node:assert/strict";
 import { parseAllDocuments } from "yaml";
-import { AGENT_PERMISSION_FLAGS } from "../src/cli/permissions.ts";
+import { ARCHES, candidatePaths, ffiPaths, NFQ_SONAME } from "../ffi/library.ts";
+import { agentDenoFlags, imagePermissions, SERVICE_ACCOUNT_DIR } from "../src/cli/permissions.ts";
+import { compileArgs, DENO_TARGETS, targetArch } from "../scripts/compile.ts";
 
 const root = new URL("../", import.meta.url).pathname;
 // deno-lint-ignore no-explicit-any
@@ -36,7 +38,7 @@ Deno.test("install.yaml: RBAC is list/watch on pods, namespaces and networkpolic
   }]);
 });
 
-Deno.test("install.yaml: the DaemonSet is a node agent with NET_ADMIN only", () => {
+Deno.test("install.yaml: the DaemonSet is a node agent with netfilter capabilities only", () => {
   const [ds] = byKind("DaemonSet");
   assert.equal(ds.metadata.namespace, "kube-system");
   const pod = ds.spec.template.spec;
@@ -44,11 +46,18 @@ Deno.test("install.yaml: the DaemonSet is a node agent with NET_ADMIN only", () 
   assert.equal(pod.serviceAccountName, "kube-netpol");
   assert.equal(pod.priorityClassName, "system-node-critical");
   assert.deepEqual(pod.tolerations, [{ operator: "Exists" }], "tolerates every taint");
+  assert.deepEqual(pod.nodeSelector, { "kubernetes.io/os": "linux" });
   assert.equal(ds.spec.updateStrategy.type, "RollingUpdate");
   const [c] = pod.containers;
   assert.equal(c.securityContext.privileged, false);
   assert.equal(c.securityContext.allowPrivilegeEscalation, false);
-  assert.deepEqual(c.securityContext.capabilities, { drop: ["ALL"], add: ["NET_ADMIN"] });
+  assert.equal(c.securityContext.readOnlyRootFilesystem, true);
+  assert.deepEqual(c.securityContext.seccompProfile, { type: "RuntimeDefault" });
+  // NET_RAW only because iptables-legacy (libiptc) needs a raw socket; see the comment there.
+  assert.deepEqual(c.securityContext.capabilities, {
+    drop: ["ALL"],
+    add: ["NET_ADMIN", "NET_RAW"],
+  });
   const nodeName = c.env.find((e: Obj) => e.name === "NODE_NAME");
   assert.equal(nodeName.valueFrom.fieldRef.fieldPath, "spec.nodeName");
   assert.equal(c.livenessProbe.httpGet.path, "/healthz");
@@ -59,23 +68,83 @@ Deno.test("install.yaml: the DaemonSet is a node agent with NET_ADMIN only", () 
   assert.ok(c.resources.requests.cpu && c.resources.requests.memory && c.resources.limits.memory);
   const mounts = c.volumeMounts.map((m: Obj) => m.mountPath);
   assert.ok(mounts.includes("/run/xtables.lock"), "shares the iptables lock with kube-proxy");
+  assert.ok(!mounts.includes("/lib/modules"), "loads no kernel modules");
+  const hostPaths = pod.volumes.filter((v: Obj) => v.hostPath).map((v: Obj) => v.hostPath.path);
+  assert.deepEqual(hostPaths, ["/run/xtables.lock"], "no host path beyond the iptables lock");
 });
 
-Deno.test("Dockerfile: deno compile bakes exactly the agent's permission list", async () => {
-  const text = (await Deno.readTextFile(`${root}Dockerfile`)).replace(/\\\n\s*/g, " ");
-  const compile = text.split("\n").find((l) => l.startsWith("RUN deno compile"));
-  assert.ok(compile, "a deno compile step");
-  const flags = compile.split(/\s+/).filter((w) => w.startsWith("--allow-"));
-  assert.deepEqual(flags, AGENT_PERMISSION_FLAGS);
-  assert.match(compile, /--include src\/verdict\/verdict_worker\.ts/);
-  assert.match(text, /FROM denoland\/deno:[a-z-]*2\.9\.6 AS build/, "pinned to the project's Deno");
-  assert.match(text, /libnetfilter-queue1/);
+const dockerfile = (await Deno.readTextFile(`${root}Dockerfile`)).replace(/\s*\\\n\s*/g, " ");
+const [buildStage = "", runtimeStage = ""] = dockerfile.split(/^FROM /m).slice(1);
+
+Deno.test("Dockerfile: the build stage cross-compiles for $TARGETARCH through scripts/compile.ts", () => {
+  assert.match(
+    buildStage,
+    /^--platform=\$BUILDPLATFORM denoland\/deno:[a-z-]*2\.9\.6 AS build/,
+    "pinned to the project's Deno, on the build machine's platform (no emulation)",
+  );
+  assert.match(buildStage, /^ARG TARGETARCH$/m);
+  const compile = buildStage.split("\n").find((l) => l.includes("scripts/compile.ts --target"));
+  assert.ok(compile, "a step running scripts/compile.ts");
+  assert.match(
+    compile,
+    /^RUN deno run --frozen [^|;&]*scripts\/compile\.ts --target "\$TARGETARCH"/,
+  );
+  assert.ok(!/--allow-ffi|linux-gnu/.test(dockerfile), "no permission or library path of its own");
 });
 
-Deno.test("deno.json: the agent and compile tasks use the same permission list", async () => {
+Deno.test("Dockerfile: the runtime stage is Debian 12 per target platform, with the library", () => {
+  assert.match(runtimeStage, /^debian:12-slim\n/, "no --platform pin: buildx picks each target's");
+  assert.match(runtimeStage, /libnetfilter-queue1/);
+  assert.match(runtimeStage, /COPY --from=build \/kube-netpol /);
+});
+
+Deno.test(".dockerignore lets in everything the build stage copies", async () => {
+  const ignore = await Deno.readTextFile(`${root}.dockerignore`);
+  const copied = [...buildStage.matchAll(/^COPY (.+) \S+$/gm)].flatMap((m) => m[1]!.split(" "));
+  for (const path of copied) {
+    assert.match(ignore, new RegExp(`^!${path.replace(/[.]/g, "\\.")}/?$`, "m"), path);
+  }
+});
+
+Deno.test("scripts/compile.ts: Docker's TARGETARCH names map to Deno targets", () => {
+  assert.equal(targetArch("amd64"), "x86_64");
+  assert.equal(targetArch("arm64"), "aarch64");
+  assert.equal(targetArch("aarch64-unknown-linux-gnu"), "aarch64");
+  assert.throws(() => targetArch("arm"), /unsupported target "arm" \(one of: amd64/);
+});
+
+for (const arch of ARCHES) {
+  Deno.test(`scripts/compile.ts: ${arch} bakes the agent's permission list for ${arch}`, () => {
+    const args = compileArgs(arch, "/kube-netpol");
+    assert.deepEqual(args.slice(0, 6), [
+      "compile",
+      "--frozen",
+      "--target",
+      DENO_TARGETS[arch],
+      "--output",
+      "/kube-netpol",
+    ]);
+    const i = args.indexOf("--include");
+    assert.equal(args[i + 1], "src/verdict/verdict_worker.ts", "the Worker is embedded");
+    const flags = args.filter((a) =>
+      a.startsWith("--") && !["--frozen", "--target", "--output", "--include"].includes(a)
+    );
+    assert.deepEqual(flags, agentDenoFlags(imagePermissions(arch)));
+    assert.ok(flags.includes("--unstable-worker-options") && flags.includes("--no-prompt"));
+    assert.equal(args.at(-1), "main.ts");
+    const ffi = flags.find((f) => f.startsWith("--allow-ffi="))!.slice("--allow-ffi=".length);
+    assert.deepEqual(ffi.split(","), ffiPaths(arch));
+    // Where Debian 12's libnetfilter-queue1 installs the library on this architecture.
+    assert.ok(ffi.split(",").includes(candidatePaths(NFQ_SONAME, arch)[0]!));
+    assert.ok(flags.includes(`--allow-read=${SERVICE_ACCOUNT_DIR}`));
+  });
+}
+
+Deno.test("deno.json: the agent and compile tasks go through the scripts that compute the flags", async () => {
   const tasks = JSON.parse(await Deno.readTextFile(`${root}deno.json`)).tasks;
+  assert.match(tasks.agent, /^deno run [^&;|]* scripts\/agent\.ts$/);
+  assert.match(tasks.compile, /^deno run [^&;|]* scripts\/compile\.ts$/);
   for (const name of ["agent", "compile"]) {
-    const flags = tasks[name].split(/\s+/).filter((w: string) => w.startsWith("--allow-"));
-    assert.deepEqual(flags, AGENT_PERMISSION_FLAGS, name);
+    assert.ok(!/--allow-ffi|linux-gnu/.test(tasks[name]), `${name}: no library path of its own`);
   }
 });

@@ -50,8 +50,12 @@ Deno.test("uninstall.yaml: the init container runs `cleanup` with the agent's ac
   assert.equal(init.image, a.image, "the image install.yaml runs");
   assert.equal(init.command, undefined, "the image's entrypoint, kube-netpol");
   assert.deepEqual(init.args, ["cleanup"]);
-  assert.deepEqual(init.securityContext, a.securityContext, "NET_ADMIN only, as the agent");
-  assert.deepEqual(init.securityContext.capabilities, { drop: ["ALL"], add: ["NET_ADMIN"] });
+  assert.deepEqual(init.securityContext, a.securityContext, "the agent's access, no more");
+  // NET_RAW for iptables-legacy nodes, as the agent (install.yaml says why); nothing else.
+  assert.deepEqual(init.securityContext.capabilities, {
+    drop: ["ALL"],
+    add: ["NET_ADMIN", "NET_RAW"],
+  });
   const mounts = (c: Obj) =>
     c.volumeMounts.map((m: Obj) => `${m.mountPath}${m.readOnly ? ":ro" : ""}`).sort();
   assert.deepEqual(mounts(init), mounts(a));

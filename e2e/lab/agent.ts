@@ -9,7 +9,8 @@
  */
 import { stringify } from "yaml";
 import type { Lab } from "./topology.ts";
-import { AGENT_PERMISSION_FLAGS } from "../../src/cli/permissions.ts";
+import { agentDenoFlags } from "../../src/cli/permissions.ts";
+import { runPermissionsHere } from "../../src/cli/run_permissions.ts";
 
 const MAIN_TS = new URL("../../main.ts", import.meta.url).pathname;
 const REPO_ROOT = new URL("../../", import.meta.url).pathname;
@@ -71,6 +72,14 @@ export class LabAgent {
   /** Start the agent and wait for /readyz (throws with the agent's log on failure or timeout). */
   static async start(lab: Lab, opts: LabAgentOptions, readyTimeoutMs = 30_000): Promise<LabAgent> {
     const port = opts.metricsPort ?? 9080;
+    const metricsAddress = opts.metricsBindAll ? `:${port}` : `127.0.0.1:${port}`;
+    // The permission list `deno task agent` computes for these flags, so every lab run proves
+    // the narrow permissions (and that the main thread works without FFI).
+    const permissions = runPermissionsHere({
+      kubeconfig: opts.kubeconfig,
+      manifests: opts.kubeconfig ? [] : [opts.manifestsDir ?? "."],
+      metricsAddress,
+    }, REPO_ROOT);
     const args = [
       ...(opts.maxOpenFiles
         ? ["prlimit", `--nofile=${opts.maxOpenFiles}:${opts.maxOpenFiles}`, "--"]
@@ -78,8 +87,7 @@ export class LabAgent {
       Deno.execPath(),
       "run",
       "--frozen",
-      // Exactly what the shipped binary gets, so every lab run proves the narrow permissions.
-      ...AGENT_PERMISSION_FLAGS,
+      ...agentDenoFlags(permissions),
       MAIN_TS,
       "run",
       ...(opts.kubeconfig
@@ -88,7 +96,7 @@ export class LabAgent {
       "--hostname-override",
       opts.nodeName,
       "--metrics-bind-address",
-      opts.metricsBindAll ? `:${port}` : `127.0.0.1:${port}`,
+      metricsAddress,
       "--nfqueue-id",
       String(opts.queueId ?? 100),
       `--fail-open=${opts.failOpen ?? true}`,

@@ -155,6 +155,11 @@ Deno.test("lab: policies enforced by the agent on real connections", labTest, as
     const pairs = allPairs(lab);
     const tcp80 = () => probeMatrix(lab, pairs, "TCP", 80);
 
+    await t.step("the main thread gave FFI up once the verdict Worker had it", () => {
+      // containment_test.ts proves what that leaves the main thread; here: the agent does it.
+      assert.match(agent.logs(), /verdict worker bound the queue.*mainThreadFfi=prompt/);
+    });
+
     await t.step("no policy: everything allowed", async () => {
       assertMatrix("TCP 80", await tcp80(), allowAll);
     });
@@ -274,6 +279,12 @@ Deno.test("lab: policies enforced by the agent on real connections", labTest, as
         );
         assert.match(body, /^nfqueue_queue_total\{queue="\d+"\} \d+/m, "read from /proc via libc");
         assert.ok(value(/^nfqueue_packet_id\{queue="\d+"\} (\d+)/m) >= 0);
+        // Process metrics: read from /proc by the verdict Worker, the one thread with FFI.
+        for (const name of ["resident_memory_bytes", "cpu_seconds_total", "open_fds", "max_fds"]) {
+          const v = value(new RegExp(`^process_${name} (\\S+)$`, "m"));
+          assert.ok(v > 0, `process_${name} is ${v}`);
+        }
+        assert.ok(value(/^process_start_time_seconds (\S+)$/m) > 1.6e9, "a Unix time");
       },
     );
   });

@@ -11,7 +11,8 @@ import assert from "node:assert/strict";
 import type { RuleOptions } from "../../src/rules/backend.ts";
 import { type CommandRunner, denoCommandRunner } from "../../src/rules/command.ts";
 import { IptablesBackend } from "../../src/rules/iptables.ts";
-import { AGENT_PERMISSION_FLAGS } from "../../src/cli/permissions.ts";
+import { agentDenoFlags } from "../../src/cli/permissions.ts";
+import { runPermissionsHere } from "../../src/cli/run_permissions.ts";
 import { parseScan, SCAN_SCRIPT } from "../kind/leftovers.ts";
 
 const NS = `knpls-${Deno.pid}`;
@@ -72,7 +73,8 @@ Deno.test({
         "run",
         "--frozen",
         `--config=${ROOT}deno.json`,
-        ...AGENT_PERMISSION_FLAGS,
+        // The agent's own permission list (cleanup needs only the rule tools of it).
+        ...agentDenoFlags(runPermissionsHere({ manifests: [], metricsAddress: ":9080" }, ROOT)),
         `${ROOT}main.ts`,
         "cleanup",
       ]);

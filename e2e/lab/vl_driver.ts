@@ -6,14 +6,20 @@
 import type { Lab } from "./topology.ts";
 import type { StateEvent } from "../../src/state/events.ts";
 import type { VerdictRecord } from "../../src/verdict/verdict_loop.ts";
+import { ffiPaths } from "../../ffi/library.ts";
+import { AGENT_RUNTIME_FLAGS } from "../../src/cli/permissions.ts";
 
 const VL_AGENT = new URL("./vl_agent.ts", import.meta.url).pathname;
-const LIB_DIR = "/usr/lib/x86_64-linux-gnu";
+const REPO_ROOT = new URL("../../", import.meta.url).pathname;
 
-/** The narrowest permissions the verdict loop runs with: FFI scoped to the two libraries. */
+/**
+ * What the verdict loop runs with: the agent's FFI grant (which VerdictLoop.start hands to its
+ * Worker and revokes from the main thread) and reading the Worker's modules; nothing else.
+ */
 export const VERDICT_LOOP_PERMISSIONS = [
-  `--allow-ffi=${LIB_DIR}/libnetfilter_queue.so.1,${LIB_DIR}/libc.so.6`,
-  "--allow-read",
+  ...AGENT_RUNTIME_FLAGS,
+  `--allow-ffi=${ffiPaths().join(",")}`,
+  `--allow-read=${REPO_ROOT}src,${REPO_ROOT}ffi`,
 ];
 
 export interface QueueRuleOptions {

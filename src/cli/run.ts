@@ -17,6 +17,7 @@ import type { StateEvent } from "../state/events.ts";
 import type { ClusterSource } from "../state/source.ts";
 import { DEFAULT_DENY_MARK } from "../verdict/marks.ts";
 import type { VerdictLoop, VerdictRecord } from "../verdict/verdict_loop.ts";
+import type { SpawnedVerdictWorker } from "../verdict/worker_spawn.ts";
 import { RuleSync } from "../rules/rule_sync.ts";
 import { flagHelp, type FlagSpec, parseFlags, UsageError } from "./args.ts";
 
@@ -129,14 +130,19 @@ export function parseRunFlags(args: string[]): RunOptions | "help" {
   };
 }
 
-export async function runCommand(args: string[], version: string): Promise<number> {
+/** `verdictWorker`: started by main.ts before any npm package was loaded (see worker_spawn.ts). */
+export async function runCommand(
+  args: string[],
+  version: string,
+  verdictWorker?: SpawnedVerdictWorker,
+): Promise<number> {
   const opts = parseRunFlags(args);
   if (opts === "help") {
     console.log(`Usage: kube-netpol run [flags]\n\n${flagHelp(FLAGS, HELP)}`);
     return 0;
   }
   const log = createLogger({ verbosity: opts.verbosity, format: opts.logFormat });
-  const agent = new Agent({ ...opts, version }, log);
+  const agent = new Agent({ ...opts, version }, log, verdictWorker);
   log.info("starting kube-netpol", {
     version,
     node: opts.nodeName,
@@ -179,7 +185,11 @@ export class Agent {
   private statsTimer?: ReturnType<typeof setInterval>;
   private stopping?: Promise<void>;
 
-  constructor(readonly opts: RunOptions, private readonly log: Logger) {
+  constructor(
+    readonly opts: RunOptions,
+    private readonly log: Logger,
+    private readonly verdictWorker?: SpawnedVerdictWorker,
+  ) {
     this.denyLimiter = new RateLimiter(opts.denyLogRate, opts.denyLogRate * 2);
     this.metrics.buildInfo.set({ version: opts.version ?? "unknown" }, 1);
   }
@@ -231,6 +241,7 @@ export class Agent {
       this.metrics,
       (r) => this.onVerdict(r),
       log,
+      this.verdictWorker,
     );
 
     this.source = await this.createSource();

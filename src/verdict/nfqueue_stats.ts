@@ -2,9 +2,8 @@
  * The kernel's per-queue counters from /proc/net/netfilter/nfnetlink_queue, for the nfqueue_*
  * gauges. One line per bound queue, whitespace-separated (net/netfilter/nfnetlink_queue.c):
  *   queue_number peer_portid queue_total copy_mode copy_range queue_dropped user_dropped id_sequence 1
+ * The verdict Worker reads the file (system_stats.ts); the main thread records the gauges.
  */
-import { readFileViaLibc } from "../../ffi/file.ts";
-import type { Logger } from "../log.ts";
 import type { AgentMetrics } from "../metrics.ts";
 
 export const NFQUEUE_PROC_PATH = "/proc/net/netfilter/nfnetlink_queue";
@@ -53,33 +52,4 @@ export function recordNfqueueStats(metrics: AgentMetrics, stats: NfqueueStats[])
     metrics.nfqueueUserDropped.set(labels, s.userDropped);
     metrics.nfqueuePacketId.set(labels, s.idSequence);
   }
-}
-
-/**
- * Reads the file every `intervalMs` and updates the gauges of `queueId` (other agents' queues on
- * the node are not ours to report). The file is read through libc (ffi/file.ts): Deno's own file
- * API would need --allow-all for /proc. A failure is logged once and retried quietly. Returns a
- * stop function.
- */
-export function startNfqueueStatsReader(
-  queueId: number,
-  metrics: AgentMetrics,
-  log: Logger,
-  intervalMs = 5000,
-  path = NFQUEUE_PROC_PATH,
-  readText: (path: string) => string = readFileViaLibc,
-): () => void {
-  let warned = false;
-  const read = () => {
-    try {
-      const stats = parseNfqueueStats(readText(path)).filter((s) => s.queue === queueId);
-      recordNfqueueStats(metrics, stats);
-    } catch (e) {
-      if (!warned) log.warn("cannot read nfqueue statistics", { path, error: String(e) });
-      warned = true;
-    }
-  };
-  read();
-  const timer = setInterval(read, intervalMs);
-  return () => clearInterval(timer);
 }

@@ -1,7 +1,8 @@
 /**
- * The verdict loop as the agent sees it: starts the Worker that owns the queue (see
- * verdict_worker.ts), forwards every state event to its engine replica in order, feeds the
- * Prometheus metrics from the worker's reports, and hands verdict records to the caller.
+ * The verdict loop as the agent sees it: takes the Worker that owns the queue (verdict_worker.ts,
+ * started with its own permissions by worker_spawn.ts), forwards every state event to its engine
+ * replica in order, feeds the Prometheus metrics from the worker's reports (packets, and the /proc
+ * readings only the worker can make), and hands verdict records to the caller.
  */
 import type { Logger } from "../log.ts";
 import type { AgentMetrics } from "../metrics.ts";
@@ -18,7 +19,10 @@ import {
   type VerdictRecord,
 } from "./verdict_protocol.ts";
 import { recordSnapshot } from "./verdict_stats.ts";
-import { startNfqueueStatsReader } from "./nfqueue_stats.ts";
+import { recordNfqueueStats } from "./nfqueue_stats.ts";
+import { recordProcessStats } from "./process_stats.ts";
+import type { SystemStats, SystemStatsSource } from "./system_stats.ts";
+import { type SpawnedVerdictWorker, spawnVerdictWorker } from "./worker_spawn.ts";
 
 export type { VerdictLoopOptions, VerdictRecord };
 
@@ -33,7 +37,8 @@ export class VerdictLoop {
   private closed?: () => void;
   /** The worker ended on its own (failure): nothing to wait for at stop(). */
   private dead = false;
-  private stopStatsReader?: () => void;
+  /** /proc sources whose failure was logged (once each; recovery is logged too). */
+  private readonly failingSources = new Set<SystemStatsSource>();
 
   private constructor(
     private readonly worker: Worker,
@@ -46,17 +51,24 @@ export class VerdictLoop {
     this.heartbeat = new Float64Array(shared, HEARTBEAT_BYTE_OFFSET, 1);
   }
 
-  /** Resolves once the queue is bound; rejects (and cleans up) if it cannot be. */
+  /**
+   * Resolves once the queue is bound; rejects (and cleans up) if it cannot be. `spawned` is the
+   * Worker the agent started early (main.ts); without it one is started here, which also revokes
+   * FFI from the calling thread.
+   */
   static start(
     opts: VerdictLoopOptions,
     metrics: AgentMetrics,
     onVerdict: (r: VerdictRecord) => void,
     log: Logger,
+    spawned: SpawnedVerdictWorker = spawnVerdictWorker(),
   ): Promise<VerdictLoop> {
     const shared = new SharedArrayBuffer(CONTROL_BYTES);
-    const worker = new Worker(new URL("./verdict_worker.ts", import.meta.url).href, {
-      type: "module",
-    });
+    const { worker } = spawned;
+    if (spawned.earlyError !== undefined) {
+      worker.terminate();
+      return Promise.reject(new Error(`verdict loop worker: ${spawned.earlyError}`));
+    }
     const loop = new VerdictLoop(
       worker,
       shared,
@@ -70,8 +82,11 @@ export class VerdictLoop {
         const msg = e.data;
         if (msg.type === "ready") {
           bound = true;
-          // The kernel's own counters for our queue (backlog, drops): every 5 s.
-          loop.stopStatsReader = startNfqueueStatsReader(opts.queueId, metrics, loop.log);
+          loop.log.info("verdict worker bound the queue", {
+            // "granted" would mean this thread could still load libraries: worker_spawn.ts
+            // revokes FFI here ("prompt", which --no-prompt turns into a refusal).
+            mainThreadFfi: Deno.permissions.querySync({ name: "ffi" }).state,
+          });
           resolve(loop);
         } else if (msg.type === "failed") {
           if (!bound) {
@@ -101,6 +116,10 @@ export class VerdictLoop {
       this.closed?.();
       return;
     }
+    if (msg.type === "system") {
+      this.onSystemStats(msg.stats);
+      return;
+    }
     if (msg.type !== "report") return;
     recordSnapshot(this.metrics, msg.stats);
     for (const w of msg.warnings) this.log.warn(w);
@@ -115,6 +134,22 @@ export class VerdictLoop {
       } catch (e) {
         this.log.warn("verdict record handler failed", { error: String(e) });
       }
+    }
+  }
+
+  private onSystemStats(s: SystemStats): void {
+    if (s.nfqueue) recordNfqueueStats(this.metrics, s.nfqueue);
+    if (s.process) recordProcessStats(this.metrics, s.process);
+    const failed = new Set(s.errors.map((e) => e.source));
+    for (const { source, error } of s.errors) {
+      if (this.failingSources.has(source)) continue;
+      this.failingSources.add(source);
+      this.log.warn("cannot read statistics from /proc; retrying quietly", { source, error });
+    }
+    for (const source of this.failingSources) {
+      if (failed.has(source)) continue;
+      this.failingSources.delete(source);
+      this.log.info("statistics from /proc readable again", { source });
     }
   }
 
@@ -147,7 +182,6 @@ export class VerdictLoop {
       const closed = this.dead
         ? Promise.resolve()
         : new Promise<void>((resolve) => this.closed = resolve);
-      this.stopStatsReader?.();
       Atomics.store(this.control, SLOT_STOP, 1);
       let timer: ReturnType<typeof setTimeout> | undefined;
       const timedOut = await Promise.race([

@@ -7,6 +7,7 @@
 import type { StateEvent } from "../state/events.ts";
 import type { Decision } from "../policy/types.ts";
 import type { PacketStatsSnapshot } from "./verdict_stats.ts";
+import type { SystemStats } from "./system_stats.ts";
 
 export interface VerdictLoopOptions {
   queueId: number;
@@ -63,4 +64,6 @@ export type FromWorker =
     /** Problems the worker survived (netlink errors, send failures), already rate-limited. */
     warnings: string[];
   }
+  /** The worker's /proc readings (queue counters, process metrics), every few seconds. */
+  | { type: "system"; stats: SystemStats }
   | { type: "closed" };

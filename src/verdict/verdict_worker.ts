@@ -35,6 +35,7 @@ import {
   type VerdictRecord,
 } from "./verdict_protocol.ts";
 import { PacketStats } from "./verdict_stats.ts";
+import { SystemStatsReader } from "./system_stats.ts";
 
 const REPORT_EVERY_MS = 250;
 /** Records are latency-sensitive (deny logs): sent sooner than statistics. */
@@ -53,6 +54,9 @@ function post(msg: FromWorker): void {
 
 let control: Int32Array;
 let heartbeat: Float64Array;
+/** /proc readings for the main thread, which cannot make them (it holds no FFI). */
+let systemStats: SystemStatsReader | undefined;
+let initialized = false;
 const engine = new PolicyEngine();
 let applied = 0;
 /** Resolves the wait in catchUp() once the posted sequence number is reached. */
@@ -61,6 +65,9 @@ let caughtUp: (() => void) | undefined;
 self.onmessage = (e: MessageEvent<ToWorker>) => {
   const msg = e.data;
   if (msg.type === "init") {
+    // One queue per worker: a second init (from a confused or compromised main thread) is ignored.
+    if (initialized) return;
+    initialized = true;
     control = new Int32Array(msg.control, 0, 4);
     heartbeat = new Float64Array(msg.control, HEARTBEAT_BYTE_OFFSET, 1);
     run(msg.opts).catch((err) => post({ type: "failed", message: String(err?.message ?? err) }));
@@ -121,6 +128,7 @@ async function run(opts: VerdictLoopOptions): Promise<void> {
     failOpen: opts.failOpen,
     recvTimeoutMs: opts.recvTimeoutMs ?? 5,
   });
+  systemStats = new SystemStatsReader(opts.queueId, (stats) => post({ type: "system", stats }));
   try {
     post({ type: "ready" });
     await loop(queue, opts);
@@ -190,6 +198,7 @@ async function loop(queue: NfQueue, opts: VerdictLoopOptions): Promise<void> {
   let lastYield = lastReport;
   while (Atomics.load(control, SLOT_STOP) === 0) {
     heartbeat[0] = Date.now();
+    systemStats?.poll(performance.now());
     if (Atomics.load(control, SLOT_POSTED_SEQ) !== applied) await catchUp();
     if (Atomics.load(control, SLOT_SYNCED) === 0) {
       await sleep(5);
