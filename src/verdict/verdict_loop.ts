@@ -1,7 +1,8 @@
 /**
  * The verdict loop as the agent sees it: starts the Worker that owns the queue (see
  * verdict_worker.ts), forwards every state event to its engine replica in order, feeds the
- * Prometheus metrics from the worker's reports, and hands verdict records to the caller.
+ * Prometheus metrics from the worker's reports, and hands verdict records to a RecordSink (the
+ * DenyLog in the agent; see deny_log.ts, which owns their rate limit and format).
  */
 import type { Logger } from "../log.ts";
 import type { AgentMetrics } from "../metrics.ts";
@@ -19,8 +20,9 @@ import {
 } from "./verdict_protocol.ts";
 import { recordSnapshot } from "./verdict_stats.ts";
 import { startNfqueueStatsReader } from "./nfqueue_stats.ts";
+import type { RecordSink } from "./deny_log.ts";
 
-export type { VerdictLoopOptions, VerdictRecord };
+export type { RecordSink, VerdictLoopOptions, VerdictRecord };
 
 /** How long stop() waits for the worker to unbind the queue before terminating it. */
 const STOP_TIMEOUT_MS = 3000;
@@ -39,7 +41,7 @@ export class VerdictLoop {
     private readonly worker: Worker,
     shared: SharedArrayBuffer,
     private readonly metrics: AgentMetrics,
-    private readonly onVerdict: (r: VerdictRecord) => void,
+    private readonly records: RecordSink,
     private readonly log: Logger,
   ) {
     this.control = new Int32Array(shared, 0, 4);
@@ -50,7 +52,7 @@ export class VerdictLoop {
   static start(
     opts: VerdictLoopOptions,
     metrics: AgentMetrics,
-    onVerdict: (r: VerdictRecord) => void,
+    records: RecordSink,
     log: Logger,
   ): Promise<VerdictLoop> {
     const shared = new SharedArrayBuffer(CONTROL_BYTES);
@@ -61,7 +63,7 @@ export class VerdictLoop {
       worker,
       shared,
       metrics,
-      onVerdict,
+      records,
       log.with({ queue: opts.queueId }),
     );
     return new Promise((resolve, reject) => {
@@ -73,7 +75,7 @@ export class VerdictLoop {
           // The kernel's own counters for our queue (backlog, drops): every 5 s.
           loop.stopStatsReader = startNfqueueStatsReader(opts.queueId, metrics, loop.log);
           resolve(loop);
-        } else if (msg.type === "failed") {
+        } else if (msg.type === "fatal") {
           if (!bound) {
             worker.terminate();
             reject(new Error(`verdict loop: ${msg.message}`));
@@ -101,20 +103,17 @@ export class VerdictLoop {
       this.closed?.();
       return;
     }
+    if (msg.type === "warning") {
+      this.log.warn("verdict loop warning; packets are still judged", { error: msg.message });
+      return;
+    }
     if (msg.type !== "report") return;
     recordSnapshot(this.metrics, msg.stats);
     for (const w of msg.warnings) this.log.warn(w);
-    if (msg.suppressedRecords) {
-      this.log.v(2).info("verdict records suppressed by rate limit", {
-        count: msg.suppressedRecords,
-      });
-    }
-    for (const r of msg.records) {
-      try {
-        this.onVerdict(r);
-      } catch (e) {
-        this.log.warn("verdict record handler failed", { error: String(e) });
-      }
+    try {
+      this.records.write(msg.records, msg.heldBack);
+    } catch (e) {
+      this.log.warn("verdict record sink failed", { error: String(e) });
     }
   }
 
