@@ -22,7 +22,7 @@ const MSG_DONTWAIT = 0x40;
 
 export interface QueueConfig {
   queueId: number;
-  /** Bytes of each packet copied to user space (headers are enough); default 128. */
+  /** Bytes of each packet copied to user space (the verdict worker asks for the whole packet). */
   copyRange?: number;
   /** Kernel queue length before packets are dropped, or accepted when `failOpen`. */
   maxLen: number;
@@ -64,7 +64,7 @@ export class NfQueue {
       const qh = nfq.nfq_create_queue(handle, cfg.queueId, null, null);
       check(libs, qh !== null, `binding queue ${cfg.queueId}`);
       q.queueHandle = qh;
-      const range = cfg.copyRange ?? 128;
+      const range = cfg.copyRange ?? 0xffff;
       check(libs, nfq.nfq_set_mode(qh, NFQNL_COPY_PACKET, range) >= 0, "nfq_set_mode");
       check(libs, nfq.nfq_set_queue_maxlen(qh, cfg.maxLen) >= 0, "nfq_set_queue_maxlen");
       const flags = cfg.failOpen ? NFQA_CFG_F_FAIL_OPEN : 0;

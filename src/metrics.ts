@@ -73,8 +73,8 @@ export class AgentMetrics {
   });
   readonly parseFailures = new Counter({
     name: "kube_netpol_packet_parse_failures_total",
-    help:
-      "Queued packets that could not be parsed, by reason; they get the fail-open/closed verdict",
+    help: "Queued packets denied without a policy decision, by reason: a parse failure " +
+      "(truncated, bad-header, ...) or evaluation-error; --fail-open does not apply to them",
     labelNames: ["reason"] as const,
     registers: [this.registry],
   });

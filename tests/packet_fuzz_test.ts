@@ -65,6 +65,12 @@ function parseOrFail(bytes: Uint8Array): ParseResult {
 function checkWellFormed(bytes: Uint8Array, r: ParseResult): void {
   if (!r.ok) {
     if (!REASONS.has(r.reason)) assert.fail(`unknown reason ${r.reason} for ${hex(bytes)}`);
+    // Addresses, when named, are the header's own and canonical (the deny log prints them).
+    const named = r.family === undefined
+      ? r.src === undefined && r.dst === undefined
+      : r.family === bytes[0]! >> 4 && r.src !== undefined && r.dst !== undefined &&
+        canonicalIP(r.src) === r.src && canonicalIP(r.dst) === r.dst;
+    if (!named) assert.fail(`malformed failure ${JSON.stringify(r)} for ${hex(bytes)}`);
     return;
   }
   const p = r.packet;

@@ -44,11 +44,13 @@ class ScriptedRunner implements CommandRunner {
   }
 }
 
-Deno.test("iptables chain: marked packets are rejected before anything is queued", () => {
+Deno.test("iptables chain: marked packets are rejected first; INVALID to/from isolated pods dropped before queueing", () => {
   assert.deepEqual(renderIptablesChainRules(OPEN, 4), [
     "-A KUBE-NETPOL -p tcp -m mark --mark 0x100000/0x100000 -j REJECT --reject-with tcp-reset",
     "-A KUBE-NETPOL -p udp -m mark --mark 0x100000/0x100000 -j REJECT --reject-with icmp-port-unreachable",
     "-A KUBE-NETPOL -m mark --mark 0x100000/0x100000 -j DROP",
+    "-A KUBE-NETPOL -m conntrack --ctstate INVALID -m set --match-set kube-netpol-ingress-v4 dst -j DROP",
+    "-A KUBE-NETPOL -m conntrack --ctstate INVALID -m set --match-set kube-netpol-egress-v4 src -j DROP",
     "-A KUBE-NETPOL -m conntrack --ctstate NEW -m mark ! --mark 0x100000/0x100000 -m set --match-set kube-netpol-ingress-v4 dst -j NFQUEUE --queue-num 100 --queue-bypass",
     "-A KUBE-NETPOL -m conntrack --ctstate NEW -m mark ! --mark 0x100000/0x100000 -m set --match-set kube-netpol-egress-v4 src -j NFQUEUE --queue-num 100 --queue-bypass",
   ]);
@@ -57,9 +59,11 @@ Deno.test("iptables chain: marked packets are rejected before anything is queued
 Deno.test("iptables chain: IPv6 uses icmp6 and v6 sets; fail-closed has no bypass", () => {
   const rules = renderIptablesChainRules(CLOSED, 6);
   assert.match(rules[1] ?? "", /--reject-with icmp6-port-unreachable$/);
-  assert.match(rules[3] ?? "", /--match-set kube-netpol-ingress-v6 dst -j NFQUEUE --queue-num 7$/);
-  assert.match(rules[4] ?? "", /--match-set kube-netpol-egress-v6 src -j NFQUEUE --queue-num 7$/);
-  for (const r of rules.slice(3)) assert.match(r, /-m mark ! --mark 0x4\/0x4/);
+  assert.match(rules[3] ?? "", /INVALID -m set --match-set kube-netpol-ingress-v6 dst -j DROP$/);
+  assert.match(rules[4] ?? "", /INVALID -m set --match-set kube-netpol-egress-v6 src -j DROP$/);
+  assert.match(rules[5] ?? "", /--match-set kube-netpol-ingress-v6 dst -j NFQUEUE --queue-num 7$/);
+  assert.match(rules[6] ?? "", /--match-set kube-netpol-egress-v6 src -j NFQUEUE --queue-num 7$/);
+  for (const r of rules.slice(5)) assert.match(r, /-m mark ! --mark 0x4\/0x4/);
 });
 
 const SAVE_EMPTY = `*filter
@@ -122,7 +126,7 @@ COMMIT
   assert.equal(renderIptablesUninstall(filterSection("")), undefined);
 });
 
-Deno.test("nftables table: exact ruleset, marked first, queue only unmarked new connections", () => {
+Deno.test("nftables table: exact ruleset, marked first, INVALID dropped, queue only unmarked new connections", () => {
   assert.equal(
     renderNftInstall(OPEN),
     `add table inet kube-netpol
@@ -135,6 +139,10 @@ flush chain inet kube-netpol judge
 add rule inet kube-netpol judge meta mark & 0x100000 == 0x100000 meta l4proto tcp reject with tcp reset
 add rule inet kube-netpol judge meta mark & 0x100000 == 0x100000 meta l4proto udp reject with icmpx type port-unreachable
 add rule inet kube-netpol judge meta mark & 0x100000 == 0x100000 drop
+add rule inet kube-netpol judge ct state invalid ip daddr @ingress-v4 drop
+add rule inet kube-netpol judge ct state invalid ip6 daddr @ingress-v6 drop
+add rule inet kube-netpol judge ct state invalid ip saddr @egress-v4 drop
+add rule inet kube-netpol judge ct state invalid ip6 saddr @egress-v6 drop
 add rule inet kube-netpol judge ct state new meta mark & 0x100000 != 0x100000 ip daddr @ingress-v4 queue num 100 bypass
 add rule inet kube-netpol judge ct state new meta mark & 0x100000 != 0x100000 ip6 daddr @ingress-v6 queue num 100 bypass
 add rule inet kube-netpol judge ct state new meta mark & 0x100000 != 0x100000 ip saddr @egress-v4 queue num 100 bypass

@@ -103,7 +103,7 @@ const metrics = new AgentMetrics();
 const loop = await VerdictLoop.start(
   { queueId, queueMaxLen: 64, failOpen: true, denyMark: 0x100000, nodeName: "probe-node" },
   metrics,
-  () => {},
+  { write: () => {} },
   createLogger({ verbosity: 0, write: () => {} }),
   spawned,
 );

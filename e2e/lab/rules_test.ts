@@ -125,7 +125,8 @@ for (const flavour of ["nft", "legacy"] as const) {
             `${hook}: one jump per family`,
           );
         }
-        assert.equal(count(saved, /^-A KUBE-NETPOL /), 10, "5 rules per family, not doubled");
+        assert.equal(count(saved, /^-A KUBE-NETPOL /), 14, "7 rules per family, not doubled");
+        assert.equal(count(saved, /--ctstate INVALID .* -j DROP$/), 4, "INVALID drops");
         assert.equal(count(saved, /--queue-num 100 --queue-bypass$/), 4);
         assert.deepEqual((await ourSets(ns)).sort(), [
           "kube-netpol-egress-v4",
@@ -250,6 +251,7 @@ Deno.test({
       assert.match(listed, /set ingress-v6 \{[^}]*elements = \{ fd00::1 \}/s);
       assert.equal(count(listed, /jump judge/), 2, "one jump per base chain after two installs");
       assert.equal(count(listed, /^\s+ct state new/), 4);
+      assert.equal(count(listed, /^\s+ct state invalid .* drop$/), 4);
       assert.deepEqual(await backend.sync({ ingress: ["10.0.0.5"], egress: [] }), {
         added: 1,
         removed: 3,

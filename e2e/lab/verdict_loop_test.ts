@@ -10,6 +10,7 @@ import { cleanupStaleLabs, createLab, type Lab } from "./topology.ts";
 import { startServers } from "./servers.ts";
 import { probeFrom, type ProbeResult } from "./probe.ts";
 import { installQueueRules, VlAgent } from "./vl_driver.ts";
+import { craft } from "./attacker.ts";
 import type { NetworkPolicy, Pod } from "../../src/policy/types.ts";
 import type { StateEvent } from "../../src/state/events.ts";
 
@@ -120,9 +121,10 @@ Deno.test({
     await t.step("deny records name the policy that isolates the pod", async () => {
       await a.next(() => false, 200).catch(() => {}); // let the worker's records arrive
       const deny = a.records.find((r) =>
-        r.verdict === "deny" && r.src === "10.244.1.13" && r.protocol === "TCP"
+        r.kind === "judged" && r.verdict === "deny" && r.src === "10.244.1.13" &&
+        r.protocol === "TCP"
       );
-      assert.ok(deny, `no deny record among ${a.records.length}`);
+      assert.ok(deny?.kind === "judged", `no deny record among ${a.records.length}`);
       assert.equal(deny.dst, "10.244.1.12");
       assert.equal(deny.dstPort, 80);
       assert.deepEqual(deny.decision.ingress.reason, {
@@ -144,31 +146,31 @@ Deno.test({
       assert.equal(back.outcome, "refused", JSON.stringify(back));
     });
 
-    await t.step(
-      "an unparsable packet gets the fail-closed verdict and the loop goes on",
-      async () => {
-        // IPv6 UDP with a 256-byte destination-options header: the ports lie past the 128 copied
-        // bytes, so the parser reports "truncated" and fail-closed drops the packet.
-        const server6 = lab.pod("x/server").ip6!;
+    await t.step("IPv6 behind a 256-byte options header: judged on its real ports", async () => {
+      // The whole packet is copied: the ports past the first 128 bytes are read, so the allowed
+      // client is allowed and the other pod denied, as without the header.
+      for (const [from, verdict] of [["x/client", "allow"], ["x/other", "deny"]] as const) {
         const py = [
           "import socket",
           "s=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM)",
-          "opt=bytes([0,31])+bytes([1,252])+bytes(252)",
+          "opt=bytes([0,31])+bytes([0x1e,252])+bytes(252)",
           "s.setsockopt(socket.IPPROTO_IPV6,socket.IPV6_DSTOPTS,opt)",
-          `s.sendto(b'x',('${server6}',80))`,
+          `s.sendto(b'x',('${lab.pod("x/server").ip6}',80))`,
         ].join(";");
-        const sent = await lab.exec(lab.pod("x/client").netns, ["python3", "-c", py]);
+        const sent = await lab.exec(lab.pod(from).netns, ["python3", "-c", py]);
         assert.equal(sent.code, 0, sent.stderr);
-        let text = "";
-        for (let i = 0; i < 20 && !/reason="truncated"} [1-9]/.test(text); i++) {
-          await new Promise((r) => setTimeout(r, 100));
-          text = (await a.metrics()).text;
+        const src = lab.pod(from).ip6;
+        let record;
+        for (let i = 0; i < 20 && !record; i++) {
+          await a.next(() => false, 100).catch(() => {}); // let the worker's records arrive
+          record = a.records.find((r) => r.src === src && r.protocol === "UDP");
         }
-        assert.match(text, /kube_netpol_packet_parse_failures_total\{reason="truncated"\} [1-9]/);
-        const r = await probe1(lab, "x/client", "x/server", "TCP", 80);
-        assert.equal(r.outcome, "connected", JSON.stringify(r));
-      },
-    );
+        assert.equal(record?.kind, "judged", JSON.stringify(record));
+        assert.equal(record?.verdict, verdict, JSON.stringify(record));
+        assert.equal(record?.dstPort, 80);
+      }
+      assert.doesNotMatch((await a.metrics()).text, /parse_failures_total\{[^}]*\} [1-9]/);
+    });
 
     await t.step("metrics and heartbeat reflect the judged packets", async () => {
       const { text, heartbeat } = await a.metrics();
@@ -178,6 +180,66 @@ Deno.test({
       assert.match(text, /kube_netpol_verdicts_total\{direction="ingress",verdict="deny"\} [1-9]/);
       assert.match(text, /packet_process_time_count\{[^}]*\} [1-9]/);
     });
+  } finally {
+    await agent?.stop();
+    await lab.destroy();
+  }
+});
+
+Deno.test({
+  name: "verdict loop: a packet whose transport cannot be read is denied even failing open",
+  ignore: Deno.uid() !== 0,
+  sanitizeResources: false,
+  sanitizeOps: false,
+}, async () => {
+  await cleanupStaleLabs(PREFIX);
+  const lab = await createLab({
+    prefix: PREFIX,
+    ipv6: true,
+    pods: PODS.slice(0, 2).map(({ namespace, name, ip }) => ({ namespace, name, ip })),
+  });
+  let agent: VlAgent | undefined;
+  try {
+    await startServers(lab, { ports: [80] });
+    await installQueueRules(lab, { queueId: QUEUE, denyMark: MARK, ipv6: true, bypass: true });
+    // A copy range of 128 bytes stands in for any packet the parser cannot read: the client's
+    // SYN behind a 256-byte options header then ends before its ports.
+    agent = await VlAgent.start(lab, {
+      queueId: QUEUE,
+      nodeName: NODE,
+      denyMark: MARK,
+      failOpen: true,
+      copyRange: 128,
+    });
+    await agent.apply([
+      { op: "upsert", kind: "Namespace", object: { metadata: { name: "x" } } },
+      ...PODS.slice(0, 2).map((p): StateEvent => ({
+        op: "upsert",
+        kind: "Pod",
+        object: podObject(p, lab.pods.find((lp) => lp.name === p.name)!.ip6!),
+      })),
+      upsertPolicy(serverPolicy(["client"])),
+    ]);
+    await agent.markSynced();
+    const client = lab.pod("x/client"), server = lab.pod("x/server");
+    const r = await craft(lab, client, ["connect6", server.ip6!, "80", "dstopts256"]);
+    assert.equal(r.outcome, "timeout", `an allowed pair, but unreadable: ${JSON.stringify(r)}`);
+    const { text } = await agent.metrics();
+    assert.match(text, /kube_netpol_packet_parse_failures_total\{reason="truncated"\} [1-9]/);
+    assert.match(text, /packet_count\{verdict="deny",protocol="unparsed",family="6"\} [1-9]/);
+    const a = agent;
+    let record;
+    for (let i = 0; i < 20 && !record; i++) {
+      await a.next(() => false, 100).catch(() => {});
+      record = a.records.find((x) => x.kind === "unjudged");
+    }
+    assert.deepEqual(
+      record && { reason: record.reason, src: record.src, dst: record.dst, family: record.family },
+      { reason: "truncated", src: client.ip6, dst: server.ip6, family: 6 },
+    );
+    // The loop goes on: the same pair without the header connects.
+    const plain = await probe1(lab, "x/client", "x/server", "TCP", 80);
+    assert.equal(plain.outcome, "connected", JSON.stringify(plain));
   } finally {
     await agent?.stop();
     await lab.destroy();

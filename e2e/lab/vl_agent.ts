@@ -8,14 +8,22 @@
  *   out: {"ready": true} once the queue is bound; {"record": VerdictRecord} per record;
  *        {"error": "..."} if start-up fails (exit 1).
  * Usage: vl_agent.ts <queueId> <nodeName> <denyMark> <failOpen 0|1> [maxBatch] [logAllows 0|1]
+ *        [copyRange]
  */
 import { VerdictLoop } from "../../src/verdict/verdict_loop.ts";
 import { AgentMetrics } from "../../src/metrics.ts";
 import { createLogger } from "../../src/log.ts";
 import type { StateEvent } from "../../src/state/events.ts";
 
-const [queueArg, nodeName = "node", markArg = "0x100000", failOpenArg = "0", batchArg, allowsArg] =
-  Deno.args;
+const [
+  queueArg,
+  nodeName = "node",
+  markArg = "0x100000",
+  failOpenArg = "0",
+  batchArg,
+  allowsArg,
+  copyArg,
+] = Deno.args;
 const enc = new TextEncoder();
 const out = (o: unknown) => Deno.stdout.writeSync(enc.encode(JSON.stringify(o) + "\n"));
 
@@ -32,9 +40,10 @@ try {
       nodeName,
       logAllows: allowsArg !== "0",
       ...(batchArg ? { maxBatch: Number(batchArg) } : {}),
+      ...(copyArg ? { copyRange: Number(copyArg) } : {}),
     },
     metrics,
-    (record) => out({ record }),
+    { write: (records) => records.forEach((record) => out({ record })) },
     log,
   );
 } catch (e) {

@@ -99,6 +99,8 @@ export class VlAgent {
       failOpen: boolean;
       maxBatch?: number;
       logAllows?: boolean;
+      /** Bytes of each packet the queue copies (default: the whole packet). */
+      copyRange?: number;
     },
   ): Promise<VlAgent> {
     const child = lab.spawn(lab.nodeNetns, [
@@ -113,6 +115,7 @@ export class VlAgent {
       opts.failOpen ? "1" : "0",
       String(opts.maxBatch ?? 64),
       opts.logAllows === false ? "0" : "1",
+      ...(opts.copyRange ? [String(opts.copyRange)] : []),
     ], { stdin: "piped", stdout: "piped", stderr: "inherit" });
     const agent = new VlAgent(child);
     const first = await agent.next((l) => "ready" in l || "error" in l, 30_000);

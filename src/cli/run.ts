@@ -8,16 +8,16 @@
  */
 import { AgentMetrics } from "../metrics.ts";
 import { PolicyEngine } from "../policy/engine.ts";
-import { explainDecision } from "../policy/explain.ts";
 import { formatObjectError, type ObjectError } from "../policy/types.ts";
-import { createLogger, type Logger, RateLimiter } from "../log.ts";
+import { createLogger, type Logger } from "../log.ts";
 import { DEBUG_ENDPOINTS, type DebugEndpoints, startServer } from "../server.ts";
 import { applyEvent } from "../state/apply.ts";
 import type { StateEvent } from "../state/events.ts";
 import type { ClusterSource } from "../state/source.ts";
 import { DEFAULT_DENY_MARK } from "../verdict/marks.ts";
-import type { VerdictLoop, VerdictRecord } from "../verdict/verdict_loop.ts";
+import type { VerdictLoop } from "../verdict/verdict_loop.ts";
 import type { SpawnedVerdictWorker } from "../verdict/worker_spawn.ts";
+import { DEFAULT_DENY_LOG_RATE, DenyLog } from "../verdict/deny_log.ts";
 import { RuleSync } from "../rules/rule_sync.ts";
 import { flagHelp, type FlagSpec, parseFlags, UsageError } from "./args.ts";
 
@@ -34,7 +34,7 @@ const FLAGS: FlagSpec = {
   "debug-endpoints": { type: "string", default: "loopback" },
   v: { type: "string", short: "v", default: "2" },
   "log-format": { type: "string", default: "text" },
-  "deny-log-rate": { type: "string", default: "50" },
+  "deny-log-rate": { type: "string", default: String(DEFAULT_DENY_LOG_RATE) },
   help: { type: "boolean", short: "h", default: false },
 };
 
@@ -44,7 +44,8 @@ const HELP: Record<string, string> = {
     "watched for changes (repeatable)",
   "hostname-override": "this node's name (pods with this spec.nodeName are local; " +
     "default $NODE_NAME, else the hostname)",
-  "fail-open": "let packets through when the agent cannot judge them (queue bypass)",
+  "fail-open": "let packets through while the agent is down or its queue is full (queue bypass); " +
+    "a queued packet it cannot parse is denied either way",
   "nfqueue-id": "netfilter queue number",
   "queue-maxlen": "kernel queue length before packets are dropped (or bypassed when fail-open)",
   "deny-mark": "packet mark bit used to reject denied connections fast",
@@ -181,7 +182,6 @@ export class Agent {
   private rules?: RuleSync;
   private server?: { port: number; close(): Promise<void> };
   private readonly invalid = new Map<string, ObjectError[]>();
-  private readonly denyLimiter: RateLimiter;
   private statsTimer?: ReturnType<typeof setInterval>;
   private stopping?: Promise<void>;
 
@@ -190,7 +190,6 @@ export class Agent {
     private readonly log: Logger,
     private readonly verdictWorker?: SpawnedVerdictWorker,
   ) {
-    this.denyLimiter = new RateLimiter(opts.denyLogRate, opts.denyLogRate * 2);
     this.metrics.buildInfo.set({ version: opts.version ?? "unknown" }, 1);
   }
 
@@ -237,9 +236,10 @@ export class Agent {
         denyMark: opts.denyMark,
         nodeName: opts.nodeName,
         logAllows: opts.verbosity >= 4,
+        denyLogRate: opts.denyLogRate,
       },
       this.metrics,
-      (r) => this.onVerdict(r),
+      new DenyLog(log),
       log,
       this.verdictWorker,
     );
@@ -297,30 +297,6 @@ export class Agent {
     const s = this.engine.stats();
     this.metrics.policies.set(s.policies);
     this.metrics.invalidObjects.set(this.invalid.size);
-  }
-
-  private onVerdict(r: VerdictRecord): void {
-    const d = r.decision;
-    const fields = {
-      verdict: r.verdict,
-      proto: r.protocol,
-      src: `${r.src}:${r.srcPort}`,
-      dst: `${r.dst}:${r.dstPort}`,
-      srcPod: d.srcPod ?? "-",
-      dstPod: d.dstPod ?? "-",
-      direction: d.egress.verdict === "deny" ? "egress" : "ingress",
-      why: explainDecision(d),
-    };
-    if (r.verdict === "allow") {
-      this.log.v(4).info("connection allowed", fields);
-      return;
-    }
-    if (!this.denyLimiter.take()) return;
-    const suppressed = this.denyLimiter.drainSuppressed();
-    this.log.info(
-      "connection denied",
-      suppressed ? { ...fields, suppressedBefore: suppressed } : fields,
-    );
   }
 
   private liveness(): { ok: boolean; detail: string } {

@@ -40,6 +40,7 @@ export function renderIptablesChainRules(opts: RuleOptions, family: IPFamily): s
   const unreachable = family === 4 ? "icmp-port-unreachable" : "icmp6-port-unreachable";
   const queue = `-j NFQUEUE --queue-num ${opts.queueId}${opts.failOpen ? " --queue-bypass" : ""}`;
   const isNew = `-m conntrack --ctstate NEW -m mark ! --mark ${mark}`;
+  const invalid = "-m conntrack --ctstate INVALID";
   const set = (direction: "ingress" | "egress") => {
     const s = QUEUE_SETS.find((q) => q.direction === direction && q.family === family);
     return s ? ipsetName(s) : "";
@@ -49,6 +50,10 @@ export function renderIptablesChainRules(opts: RuleOptions, family: IPFamily): s
     `${c} -p tcp -m mark --mark ${mark} -j REJECT --reject-with tcp-reset`,
     `${c} -p udp -m mark --mark ${mark} -j REJECT --reject-with ${unreachable}`,
     `${c} -m mark --mark ${mark} -j DROP`,
+    // Packets conntrack cannot place (bad flag combinations, unrelated ICMP errors) are never
+    // queued: drop them where the pod is isolated, as for any other unjudged traffic.
+    `${c} ${invalid} -m set --match-set ${set("ingress")} dst -j DROP`,
+    `${c} ${invalid} -m set --match-set ${set("egress")} src -j DROP`,
     `${c} ${isNew} -m set --match-set ${set("ingress")} dst ${queue}`,
     `${c} ${isNew} -m set --match-set ${set("egress")} src ${queue}`,
   ];

@@ -50,12 +50,11 @@ export function renderNftInstall(opts: RuleOptions): string {
     rule(`${marked} meta l4proto udp reject with icmpx type port-unreachable`),
     rule(`${marked} drop`),
   );
-  for (const s of QUEUE_SETS) {
-    const match = `${s.family === 4 ? "ip" : "ip6"} ${
-      s.direction === "ingress" ? "daddr" : "saddr"
-    }`;
-    lines.push(rule(`${isNew} ${match} @${s.name} ${queue}`));
-  }
+  const match = (s: (typeof QUEUE_SETS)[number]) =>
+    `${s.family === 4 ? "ip" : "ip6"} ${s.direction === "ingress" ? "daddr" : "saddr"} @${s.name}`;
+  // Packets conntrack cannot place are never queued: drop them where the pod is isolated.
+  for (const s of QUEUE_SETS) lines.push(rule(`ct state invalid ${match(s)} drop`));
+  for (const s of QUEUE_SETS) lines.push(rule(`${isNew} ${match(s)} ${queue}`));
   for (const b of BASE_CHAINS) {
     lines.push(
       `add chain ${NFT_TABLE} ${b.name} { type filter hook ${b.hook} priority filter - 10; policy accept; }`,

@@ -1,9 +1,17 @@
 /**
  * From one queued packet to one netfilter verdict: parse, ask the engine, pick the verdict the
- * rule backend expects (see marks.ts). Pure apart from the clock the caller passes in; kept out
- * of the worker so it can be unit-tested and benchmarked without a queue.
+ * rule backend expects (see marks.ts). Pure apart from the clock (injectable); kept out of the
+ * worker so it can be unit-tested and benchmarked without a queue.
+ *
+ * What a packet that cannot be judged gets: DENY, whatever `--fail-open` says. Fail-open covers
+ * the agent being absent or overloaded (the kernel's bypass flags do that); the bytes of a queued
+ * packet are the attacker's to choose, and an unreadable header chain must never be a way past a
+ * policy. An unparsable packet is dropped (its transport may be unknown, so it cannot be rejected
+ * the way its protocol expects). An engine failure on a parsed packet is a bug, and denying is the
+ * safe answer too; since the transport is known it is refused like any deny (TCP reset, ICMP
+ * unreachable) so the client does not hang. Both are counted by reason and recorded for the log.
  */
-import { parsePacket } from "../packet/parse.ts";
+import { type ParsedPacket, type ParseFailureResult, parsePacket } from "../packet/parse.ts";
 import type { PolicyEngine } from "../policy/engine.ts";
 import type { Connection, Decision } from "../policy/types.ts";
 import { NF_ACCEPT, NF_DROP, NF_REPEAT, type NfVerdict } from "../netlink/nfqueue.ts";
@@ -12,7 +20,6 @@ import type { VerdictRecord } from "./verdict_protocol.ts";
 
 export interface JudgeOptions {
   nodeName: string;
-  failOpen: boolean;
   denyMark: number;
 }
 
@@ -20,37 +27,54 @@ export interface JudgeOptions {
 export interface PacketVerdict {
   verdict: NfVerdict;
   mark: number | undefined;
-  /** Present when the packet parsed: who asked for what, and the engine's decision. */
-  record?: VerdictRecord;
+  allowed: boolean;
 }
 
+/** Milliseconds from a monotonic clock (performance.now by default). */
+export type Clock = () => number;
+
 const ETH_P_IPV6 = 0x86dd;
+const MICROS_PER_MS = 1000;
 
 export class PacketJudge {
   /** Reused for every packet: evaluation is synchronous and keeps no reference to it. */
   private readonly conn: Connection = { src: "", dst: "", protocol: "TCP", port: 0 };
-  private readonly out: PacketVerdict = { verdict: NF_ACCEPT, mark: undefined };
+  private readonly out: PacketVerdict = { verdict: NF_ACCEPT, mark: undefined, allowed: true };
+  // What the last judge() saw, kept by reference so a record is built only when one is wanted.
+  private packet: ParsedPacket | undefined;
+  private decision: Decision | undefined;
+  private failure: ParseFailureResult | undefined;
+  private error: unknown;
+  private family: 4 | 6 = 4;
 
   constructor(
     private readonly engine: PolicyEngine,
     private readonly opts: JudgeOptions,
     private readonly stats: PacketStats,
+    private readonly clock: Clock = () => performance.now(),
   ) {}
 
   /**
-   * Judges one packet. Never throws: a packet that cannot be parsed or judged gets the fail-open
-   * (accept) or fail-closed (drop) verdict and is counted. `started` is performance.now() when
-   * the packet was received; the duration is recorded here.
+   * Judges one packet. Never throws. `started` is the clock's reading when the packet was
+   * received; the time to judge it is recorded here, in microseconds.
    */
   judge(payload: Uint8Array, mark: number, hwProtocol: number, started: number): PacketVerdict {
     const out = this.out;
-    out.record = undefined;
     out.mark = undefined;
+    this.decision = undefined;
+    this.error = undefined;
     const parsed = parsePacket(payload);
     if (!parsed.ok) {
-      return this.failed(parsed.reason, hwProtocol === ETH_P_IPV6 ? "6" : "4", started);
+      this.packet = undefined;
+      this.failure = parsed;
+      this.family = parsed.family ?? (hwProtocol === ETH_P_IPV6 ? 6 : 4);
+      this.stats.parseFailure(parsed.reason);
+      return this.deny(NF_DROP, "unparsed", started);
     }
     const p = parsed.packet;
+    this.packet = p;
+    this.failure = undefined;
+    this.family = p.family;
     const conn = this.conn;
     conn.src = p.src;
     conn.dst = p.dst;
@@ -59,19 +83,12 @@ export class PacketJudge {
     let decision: Decision;
     try {
       decision = this.engine.evaluate(conn, this.opts.nodeName);
-    } catch {
-      // An engine bug must not take the packet path down: same treatment as an unparsable packet.
-      return this.failed("evaluation-error", p.family === 6 ? "6" : "4", started);
+    } catch (e) {
+      this.error = e;
+      this.stats.parseFailure("evaluation-error");
+      return this.deny(this.refusal(p, mark), p.protocol, started);
     }
-    const allow = decision.verdict === "allow";
-    if (allow) out.verdict = NF_ACCEPT;
-    else if (p.protocol === "TCP" || p.protocol === "UDP") {
-      // Re-injected with the deny mark, the backend's reject rule answers with a TCP reset or an
-      // ICMP port unreachable, so the client fails at once instead of timing out.
-      out.verdict = NF_REPEAT;
-      out.mark = (mark | this.opts.denyMark) >>> 0;
-    } else out.verdict = NF_DROP;
-    const verdict = allow ? "allow" : "deny";
+    this.decision = decision;
     const stats = this.stats;
     const e = decision.egress.reason.kind;
     if (e !== "not-judged" && e !== "not-a-pod") stats.direction("egress", decision.egress.verdict);
@@ -79,31 +96,83 @@ export class PacketJudge {
     if (i !== "not-judged" && i !== "not-a-pod") {
       stats.direction("ingress", decision.ingress.verdict);
     }
-    stats.packet(verdict, p.protocol, p.family === 6 ? "6" : "4", performance.now() - started);
-    out.record = {
-      time: 0, // set by the caller only when the record is kept
-      family: p.family,
-      protocol: p.protocol,
-      src: p.src,
-      srcPort: p.srcPort,
-      dst: p.dst,
-      dstPort: p.dstPort,
-      verdict,
-      decision,
-    };
+    if (decision.verdict === "allow") {
+      out.verdict = NF_ACCEPT;
+      out.allowed = true;
+      stats.packet("allow", p.protocol, p.family === 6 ? "6" : "4", this.micros(started));
+      return out;
+    }
+    return this.deny(this.refusal(p, mark), p.protocol, started);
+  }
+
+  /**
+   * How a denied packet with a known transport is answered: TCP and UDP are re-injected with the
+   * deny mark, so the backend's reject rule sends a TCP reset or an ICMP port unreachable and the
+   * client fails at once; anything else is dropped. Sets the mark on `out`.
+   */
+  private refusal(p: ParsedPacket, mark: number): NfVerdict {
+    if (p.protocol !== "TCP" && p.protocol !== "UDP") return NF_DROP;
+    this.out.mark = (mark | this.opts.denyMark) >>> 0;
+    return NF_REPEAT;
+  }
+
+  private deny(verdict: NfVerdict, protocol: string, started: number): PacketVerdict {
+    const out = this.out;
+    out.verdict = verdict;
+    out.allowed = false;
+    this.stats.packet("deny", protocol, this.family === 6 ? "6" : "4", this.micros(started));
     return out;
   }
 
-  private failed(reason: string, family: string, started: number): PacketVerdict {
-    const out = this.out;
-    out.verdict = this.opts.failOpen ? NF_ACCEPT : NF_DROP;
-    this.stats.parseFailure(reason);
-    this.stats.packet(
-      this.opts.failOpen ? "allow" : "deny",
-      "unparsed",
-      family,
-      performance.now() - started,
-    );
-    return out;
+  private micros(started: number): number {
+    return (this.clock() - started) * MICROS_PER_MS;
+  }
+
+  /**
+   * The record of the packet judged last: who asked for what, and the decision or why there was
+   * none. Built on demand (the worker asks only for records it keeps), so judging allocates none.
+   */
+  record(time: number): VerdictRecord {
+    const p = this.packet;
+    if (p && this.decision) {
+      return {
+        kind: "judged",
+        time,
+        family: p.family,
+        protocol: p.protocol,
+        src: p.src,
+        srcPort: p.srcPort,
+        dst: p.dst,
+        dstPort: p.dstPort,
+        verdict: this.decision.verdict === "allow" ? "allow" : "deny",
+        decision: this.decision,
+      };
+    }
+    if (p) {
+      const e = this.error;
+      return {
+        kind: "unjudged",
+        time,
+        verdict: "deny",
+        reason: "evaluation-error",
+        error: e instanceof Error ? e.message : String(e),
+        family: p.family,
+        protocol: p.protocol,
+        src: p.src,
+        srcPort: p.srcPort,
+        dst: p.dst,
+        dstPort: p.dstPort,
+      };
+    }
+    const f = this.failure;
+    return {
+      kind: "unjudged",
+      time,
+      verdict: "deny",
+      reason: f?.reason ?? "unknown",
+      family: this.family,
+      ...(f?.src !== undefined ? { src: f.src } : {}),
+      ...(f?.dst !== undefined ? { dst: f.dst } : {}),
+    };
   }
 }

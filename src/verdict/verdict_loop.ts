@@ -2,7 +2,8 @@
  * The verdict loop as the agent sees it: takes the Worker that owns the queue (verdict_worker.ts,
  * started with its own permissions by worker_spawn.ts), forwards every state event to its engine
  * replica in order, feeds the Prometheus metrics from the worker's reports (packets, and the /proc
- * readings only the worker can make), and hands verdict records to the caller.
+ * readings only the worker can make), and hands verdict records to a RecordSink (the DenyLog in
+ * the agent; see deny_log.ts, which owns their rate limit and format).
  */
 import type { Logger } from "../log.ts";
 import type { AgentMetrics } from "../metrics.ts";
@@ -23,8 +24,9 @@ import { recordNfqueueStats } from "./nfqueue_stats.ts";
 import { recordProcessStats } from "./process_stats.ts";
 import type { SystemStats, SystemStatsSource } from "./system_stats.ts";
 import { type SpawnedVerdictWorker, spawnVerdictWorker } from "./worker_spawn.ts";
+import type { RecordSink } from "./deny_log.ts";
 
-export type { VerdictLoopOptions, VerdictRecord };
+export type { RecordSink, VerdictLoopOptions, VerdictRecord };
 
 /** How long stop() waits for the worker to unbind the queue before terminating it. */
 const STOP_TIMEOUT_MS = 3000;
@@ -44,7 +46,7 @@ export class VerdictLoop {
     private readonly worker: Worker,
     shared: SharedArrayBuffer,
     private readonly metrics: AgentMetrics,
-    private readonly onVerdict: (r: VerdictRecord) => void,
+    private readonly records: RecordSink,
     private readonly log: Logger,
   ) {
     this.control = new Int32Array(shared, 0, 4);
@@ -59,7 +61,7 @@ export class VerdictLoop {
   static start(
     opts: VerdictLoopOptions,
     metrics: AgentMetrics,
-    onVerdict: (r: VerdictRecord) => void,
+    records: RecordSink,
     log: Logger,
     spawned: SpawnedVerdictWorker = spawnVerdictWorker(),
   ): Promise<VerdictLoop> {
@@ -73,7 +75,7 @@ export class VerdictLoop {
       worker,
       shared,
       metrics,
-      onVerdict,
+      records,
       log.with({ queue: opts.queueId }),
     );
     return new Promise((resolve, reject) => {
@@ -88,7 +90,7 @@ export class VerdictLoop {
             mainThreadFfi: Deno.permissions.querySync({ name: "ffi" }).state,
           });
           resolve(loop);
-        } else if (msg.type === "failed") {
+        } else if (msg.type === "fatal") {
           if (!bound) {
             worker.terminate();
             reject(new Error(`verdict loop: ${msg.message}`));
@@ -120,20 +122,17 @@ export class VerdictLoop {
       this.onSystemStats(msg.stats);
       return;
     }
+    if (msg.type === "warning") {
+      this.log.warn("verdict loop warning; packets are still judged", { error: msg.message });
+      return;
+    }
     if (msg.type !== "report") return;
     recordSnapshot(this.metrics, msg.stats);
     for (const w of msg.warnings) this.log.warn(w);
-    if (msg.suppressedRecords) {
-      this.log.v(2).info("verdict records suppressed by rate limit", {
-        count: msg.suppressedRecords,
-      });
-    }
-    for (const r of msg.records) {
-      try {
-        this.onVerdict(r);
-      } catch (e) {
-        this.log.warn("verdict record handler failed", { error: String(e) });
-      }
+    try {
+      this.records.write(msg.records, msg.heldBack);
+    } catch (e) {
+      this.log.warn("verdict record sink failed", { error: String(e) });
     }
   }
 

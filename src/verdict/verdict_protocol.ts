@@ -15,7 +15,10 @@ export interface VerdictLoopOptions {
   failOpen: boolean;
   denyMark: number;
   nodeName: string;
-  /** Bytes of each packet copied to user space; default 128 (IPv6 + extension headers + ports). */
+  /**
+   * Bytes of each packet copied to user space; default the whole packet (WHOLE_PACKET), because
+   * an IPv6 extension header chain can put the transport header anywhere in it.
+   */
   copyRange?: number;
   /** Send a record for every allowed connection too (denies are always sent, rate-limited). */
   logAllows?: boolean;
@@ -23,13 +26,26 @@ export interface VerdictLoopOptions {
   maxBatch?: number;
   /** Longest blocking recv; bounds how long an idle worker takes to see state or stop; default 5. */
   recvTimeoutMs?: number;
-  /** Verdict records per second the worker sends at most (the rest are counted); default 1000. */
-  recordRate?: number;
+  /** Deny records (log lines) per second at most, burst twice that; default 50 (deny_log.ts). */
+  denyLogRate?: number;
 }
 
-export interface VerdictRecord {
+/**
+ * Copy range asking for the whole packet: the kernel caps it at its maximum (0xffff less the
+ * netlink attribute header, 65531 bytes), which holds any packet a 65535-byte MTU can carry.
+ */
+export const WHOLE_PACKET = 0xffff;
+
+interface RecordBase {
   /** Date.now() when the packet was judged. */
   time: number;
+  /** Deny records the rate limit held back since the previous one (deny records only). */
+  suppressedBefore?: number;
+}
+
+/** A packet the engine judged: its 5-tuple and the engine's decision with its reasons. */
+export interface JudgedRecord extends RecordBase {
+  kind: "judged";
   family: 4 | 6;
   protocol: string;
   src: string;
@@ -38,6 +54,32 @@ export interface VerdictRecord {
   dstPort: number;
   verdict: "allow" | "deny";
   decision: Decision;
+}
+
+/**
+ * A packet denied without a decision: it could not be parsed (`reason` is the parse failure) or
+ * the engine failed on it (`reason` "evaluation-error", `error` its message). Fields are present
+ * as far as they could be read.
+ */
+export interface UnjudgedRecord extends RecordBase {
+  kind: "unjudged";
+  verdict: "deny";
+  reason: string;
+  error?: string;
+  family: 4 | 6;
+  protocol?: string;
+  src?: string;
+  srcPort?: number;
+  dst?: string;
+  dstPort?: number;
+}
+
+export type VerdictRecord = JudgedRecord | UnjudgedRecord;
+
+/** Records the worker's gate held back since its last report, by kind (see deny_log.ts). */
+export interface HeldBack {
+  denies: number;
+  allows: number;
 }
 
 /** Int32 slots of the shared control block. */
@@ -55,12 +97,16 @@ export type ToWorker =
 
 export type FromWorker =
   | { type: "ready" }
-  | { type: "failed"; message: string }
+  /** The loop stopped (or never started): packets are no longer judged. */
+  | { type: "fatal"; message: string }
+  /** Something is wrong but the loop keeps judging (e.g. state events out of order). */
+  | { type: "warning"; message: string }
   | {
     type: "report";
     stats: PacketStatsSnapshot;
     records: VerdictRecord[];
-    suppressedRecords: number;
+    /** Held back by the record gate and not yet carried by a later record. */
+    heldBack: HeldBack;
     /** Problems the worker survived (netlink errors, send failures), already rate-limited. */
     warnings: string[];
   }

@@ -2,13 +2,14 @@
  * The verdict loop's Worker: owns the queue and an engine replica, and nothing else runs on its
  * thread, so a blocking recv costs the agent's main thread nothing.
  *
- * One turn: blocking recv (bounded by SO_RCVTIMEO) -> drain what else is pending without waiting,
- * up to `maxBatch` packets -> judge each -> one send() with every verdict. Between turns it
- * checks the shared control block: state events the main thread has posted but this replica has
- * not applied make it yield to its event loop until they have arrived (so a policy change is
- * enforced within one turn, busy or idle), a stop request ends the loop. It does not read the
- * queue before the main thread says the state is synced: packets wait in the kernel queue rather
- * than be judged against a half-known cluster.
+ * One turn (VerdictTurns): drain (a blocking recv bounded by SO_RCVTIMEO, then what else is
+ * pending without waiting, up to `maxBatch` packets, each judged as it is decoded) -> send (one
+ * send() with every verdict) -> report (counters, records and warnings to the main thread, on
+ * their own schedules). Between turns it checks the shared control block: state events the main
+ * thread has posted but this replica has not applied make it yield to its event loop until they
+ * have arrived (so a policy change is enforced within one turn, busy or idle), a stop request ends
+ * the loop. It does not read the queue before the main thread says the state is synced: packets
+ * wait in the kernel queue rather than be judged against a half-known cluster.
  */
 /// <reference lib="deno.worker" />
 import { NfQueue, RECV_OVERRUN } from "../../ffi/queue.ts";
@@ -19,6 +20,7 @@ import {
   VerdictBatch,
 } from "../netlink/nfqueue.ts";
 import { RateLimiter } from "../log.ts";
+import { DEFAULT_DENY_LOG_RATE, RecordGate } from "./deny_log.ts";
 import { PolicyEngine } from "../policy/engine.ts";
 import { applyEvent } from "../state/apply.ts";
 import type { StateEvent } from "../state/events.ts";
@@ -26,6 +28,7 @@ import { PacketJudge } from "./packet_judge.ts";
 import {
   type FromWorker,
   HEARTBEAT_BYTE_OFFSET,
+  type HeldBack,
   SLOT_APPLIED_SEQ,
   SLOT_POSTED_SEQ,
   SLOT_STOP,
@@ -33,6 +36,7 @@ import {
   type ToWorker,
   type VerdictLoopOptions,
   type VerdictRecord,
+  WHOLE_PACKET,
 } from "./verdict_protocol.ts";
 import { PacketStats } from "./verdict_stats.ts";
 import { SystemStatsReader } from "./system_stats.ts";
@@ -45,8 +49,15 @@ const RECORDS_EVERY_MS = 50;
  * see catchUp). Rarely, because a yield is a pause every packet waiting in the queue pays for.
  */
 const YIELD_EVERY_MS = 1000;
-/** Buffer for one datagram: one packet message with the copy range plus metadata. */
-const RECV_BUFFER_BYTES = 65536;
+/**
+ * Buffer for one datagram: the kernel sends one netlink message per queued packet, holding up to
+ * the copy range (the whole packet, at most 65531 bytes) plus metadata attributes (packet header,
+ * mark, interfaces, timestamp, hardware address: well under 1 KiB). It must hold the largest
+ * message: a longer datagram would be cut, its packet would get no verdict and stay queued. One
+ * buffer, reused for every recv; first packets are mostly small SYNs, so only its first few
+ * hundred bytes are normally touched.
+ */
+const RECV_BUFFER_BYTES = 0x10000 + 4096;
 
 function post(msg: FromWorker): void {
   self.postMessage(msg);
@@ -70,11 +81,12 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
     initialized = true;
     control = new Int32Array(msg.control, 0, 4);
     heartbeat = new Float64Array(msg.control, HEARTBEAT_BYTE_OFFSET, 1);
-    run(msg.opts).catch((err) => post({ type: "failed", message: String(err?.message ?? err) }));
+    run(msg.opts).catch((err) => post({ type: "fatal", message: String(err?.message ?? err) }));
     return;
   }
   if (msg.seq !== applied + 1) {
-    post({ type: "failed", message: `state event ${msg.seq} arrived after ${applied}` });
+    // Applied anyway: the replica may now differ from the main engine, but it keeps judging.
+    post({ type: "warning", message: `state event ${msg.seq} arrived after ${applied}` });
   }
   applyOne(msg.event);
   applied = msg.seq;
@@ -123,7 +135,7 @@ function yieldTurn(): Promise<void> {
 async function run(opts: VerdictLoopOptions): Promise<void> {
   const queue = NfQueue.open({
     queueId: opts.queueId,
-    copyRange: opts.copyRange ?? 128,
+    copyRange: opts.copyRange ?? WHOLE_PACKET,
     maxLen: opts.queueMaxLen,
     failOpen: opts.failOpen,
     recvTimeoutMs: opts.recvTimeoutMs ?? 5,
@@ -140,62 +152,12 @@ async function run(opts: VerdictLoopOptions): Promise<void> {
 
 async function loop(queue: NfQueue, opts: VerdictLoopOptions): Promise<void> {
   const stats = new PacketStats();
-  const judge = new PacketJudge(engine, opts, stats);
-  const maxBatch = Math.max(1, opts.maxBatch ?? 64);
-  const batch = new VerdictBatch(opts.queueId, maxBatch);
-  const decoder = new NetlinkDecoder();
-  const buf = new Uint8Array(RECV_BUFFER_BYTES);
-  const recordLimiter = new RateLimiter(opts.recordRate ?? 1000, (opts.recordRate ?? 1000) * 2);
-  const warnLimiter = new RateLimiter(1, 10);
-  const logAllows = opts.logAllows ?? false;
-  let records: VerdictRecord[] = [];
-  let warnings: string[] = [];
-  /** Hand the main thread what accumulated: counters, verdict records, warnings. */
-  const report = (suppressedRecords: number) => {
-    post({ type: "report", stats: stats.drain(), records, suppressedRecords, warnings });
-    records = [];
-    warnings = [];
-  };
-  let started = 0;
-  let overruns = 0;
-  let drainPays = true;
-  let turns = 0;
-
-  const warn = (text: string) => {
-    if (warnLimiter.take()) warnings.push(text);
-  };
-  const sink: NetlinkSink = {
-    packet(p: QueuedPacket) {
-      const v = judge.judge(p.payload, p.mark, p.hwProtocol, started);
-      batch.add(p.id, v.verdict, v.mark);
-      const r = v.record;
-      if (r && (r.verdict === "deny" || logAllows) && recordLimiter.take()) {
-        r.time = Date.now();
-        records.push(r);
-      }
-    },
-    error(errno, seq) {
-      warn(`netlink error from the kernel: errno ${errno} (seq ${seq})`);
-    },
-    malformed(reason) {
-      stats.parseFailure("bad-netlink");
-      warn(`malformed netlink message: ${reason}`);
-    },
-  };
-  const sendBatch = () => {
-    try {
-      queue.send(batch.buffer, batch.byteLength);
-    } catch (e) {
-      // The packets stay queued in the kernel; they are lost only if the socket is broken.
-      warn(`sending verdicts failed: ${(e as Error).message}`);
-    } finally {
-      batch.clear();
-    }
-  };
-
-  let lastReport = performance.now();
-  let lastRecords = lastReport;
-  let lastYield = lastReport;
+  const gate = new RecordGate({
+    denyPerSecond: opts.denyLogRate ?? DEFAULT_DENY_LOG_RATE,
+    logAllows: opts.logAllows ?? false,
+  });
+  const turns = new VerdictTurns(queue, new PacketJudge(engine, opts, stats), stats, gate, opts);
+  let lastYield = performance.now();
   while (Atomics.load(control, SLOT_STOP) === 0) {
     heartbeat[0] = Date.now();
     systemStats?.poll(performance.now());
@@ -204,39 +166,148 @@ async function loop(queue: NfQueue, opts: VerdictLoopOptions): Promise<void> {
       await sleep(5);
       continue;
     }
-    let n = queue.recv(buf);
-    let got = 0;
-    while (n > 0) {
-      started = performance.now();
-      decoder.decode(buf, n, sink);
-      if (++got >= maxBatch || batch.count >= maxBatch) break;
-      // Draining costs one more recv per wake-up; at light load it would find nothing nearly
-      // always, so it is tried only while the last attempt found a packet (and every 16th turn).
-      if (!drainPays && (++turns & 15) !== 0) break;
-      n = queue.recv(buf, true);
-      if (got === 1) drainPays = n > 0;
-    }
-    if (n === RECV_OVERRUN) overruns++;
-    sendBatch();
-
+    turns.drain();
+    turns.send();
     const now = performance.now();
-    if (records.length && now - lastRecords >= RECORDS_EVERY_MS) {
-      lastRecords = now;
-      report(recordLimiter.drainSuppressed());
-    }
-    if (now - lastReport >= REPORT_EVERY_MS) {
-      lastReport = now;
-      if (overruns) warn(`receive buffer overran ${overruns} times (kernel dropped messages)`);
-      overruns = 0;
-      const suppressedRecords = recordLimiter.drainSuppressed();
-      if (!stats.isEmpty || records.length || warnings.length || suppressedRecords) {
-        report(suppressedRecords);
-      }
-    }
+    turns.report(now);
     if (now - lastYield >= YIELD_EVERY_MS) {
       lastYield = now;
       await yieldTurn();
     }
   }
-  if (!stats.isEmpty || records.length || warnings.length) report(recordLimiter.drainSuppressed());
+  turns.flush();
 }
+
+/**
+ * The parts of one turn, with their state in fields: the per-packet path (`packet`, called by
+ * the decoder) allocates nothing of its own, records only for the verdicts the gate admits.
+ */
+class VerdictTurns implements NetlinkSink {
+  private readonly buf = new Uint8Array(RECV_BUFFER_BYTES);
+  private readonly decoder = new NetlinkDecoder();
+  private readonly batch: VerdictBatch;
+  private readonly maxBatch: number;
+  private readonly warnLimiter = new RateLimiter(1, 10);
+  /** performance.now() when the datagram being decoded was received. */
+  private started = 0;
+  private overruns = 0;
+  /** Whether the last non-blocking recv after a wake-up found a packet (see drain). */
+  private drainPays = true;
+  private turnCount = 0;
+  private records: VerdictRecord[] = [];
+  private warnings: string[] = [];
+  private lastReport = performance.now();
+  private lastRecords = this.lastReport;
+
+  constructor(
+    private readonly queue: NfQueue,
+    private readonly judge: PacketJudge,
+    private readonly stats: PacketStats,
+    private readonly gate: RecordGate,
+    opts: VerdictLoopOptions,
+  ) {
+    this.maxBatch = Math.max(1, opts.maxBatch ?? 64);
+    this.batch = new VerdictBatch(opts.queueId, this.maxBatch);
+  }
+
+  /** Read what the kernel queued (waiting for the first datagram), judging each packet. */
+  drain(): void {
+    const { queue, buf, maxBatch } = this;
+    let n = queue.recv(buf);
+    let got = 0;
+    while (n > 0) {
+      this.started = performance.now();
+      this.decoder.decode(buf, n, this);
+      if (++got >= maxBatch || this.batch.count >= maxBatch) break;
+      // Draining costs one more recv per wake-up; at light load it would find nothing nearly
+      // always, so it is tried only while the last attempt found a packet (and every 16th turn).
+      if (!this.drainPays && (++this.turnCount & 15) !== 0) break;
+      n = queue.recv(buf, true);
+      if (got === 1) this.drainPays = n > 0;
+    }
+    if (n === RECV_OVERRUN) this.overruns++;
+  }
+
+  /** Answer every packet of this turn with one send(). */
+  send(): void {
+    const batch = this.batch;
+    try {
+      this.queue.send(batch.buffer, batch.byteLength);
+    } catch (e) {
+      // The packets stay queued in the kernel; they are lost only if the socket is broken.
+      this.warn(`sending verdicts failed: ${(e as Error).message}`);
+    } finally {
+      batch.clear();
+    }
+  }
+
+  /** Hand the main thread what accumulated: records soon (deny logs), the rest less often. */
+  report(now: number): void {
+    if (this.records.length && now - this.lastRecords >= RECORDS_EVERY_MS) {
+      this.lastRecords = now;
+      this.postReport();
+    }
+    if (now - this.lastReport >= REPORT_EVERY_MS) {
+      this.lastReport = now;
+      if (this.overruns) {
+        this.warn(`receive buffer overran ${this.overruns} times (kernel dropped messages)`);
+      }
+      this.overruns = 0;
+      this.postReport(true);
+    }
+  }
+
+  /** The last report, when the loop stops. */
+  flush(): void {
+    this.postReport(true);
+  }
+
+  /** Post a report if there is anything in it; held-back counts go only with periodic ones. */
+  private postReport(periodic = false): void {
+    const heldBack = periodic ? this.gate.takeHeldBack() : NOTHING_HELD_BACK;
+    const stats = this.stats;
+    if (
+      stats.isEmpty && !this.records.length && !this.warnings.length &&
+      !heldBack.denies && !heldBack.allows
+    ) return;
+    post({
+      type: "report",
+      stats: stats.drain(),
+      records: this.records,
+      heldBack,
+      warnings: this.warnings,
+    });
+    this.records = [];
+    this.warnings = [];
+  }
+
+  private warn(text: string): void {
+    if (this.warnLimiter.take()) this.warnings.push(text);
+  }
+
+  // NetlinkSink: the decoder calls these for every message of a datagram.
+
+  packet(p: QueuedPacket): void {
+    const v = this.judge.judge(p.payload, p.mark, p.hwProtocol, this.started);
+    this.batch.add(p.id, v.verdict, v.mark);
+    if (this.gate.admit(v.allowed)) {
+      const r = this.judge.record(Date.now());
+      if (!v.allowed) {
+        const before = this.gate.takeDeniesHeldBack();
+        if (before) r.suppressedBefore = before;
+      }
+      this.records.push(r);
+    }
+  }
+
+  error(errno: number, seq: number): void {
+    this.warn(`netlink error from the kernel: errno ${errno} (seq ${seq})`);
+  }
+
+  malformed(reason: string): void {
+    this.stats.parseFailure("bad-netlink");
+    this.warn(`malformed netlink message: ${reason}`);
+  }
+}
+
+const NOTHING_HELD_BACK: HeldBack = Object.freeze({ denies: 0, allows: 0 });
