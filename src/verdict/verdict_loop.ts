@@ -34,6 +34,8 @@ export class VerdictLoop {
   /** The worker ended on its own (failure): nothing to wait for at stop(). */
   private dead = false;
   private stopStatsReader?: () => void;
+  /** Packets the worker received and reported so far (for counting packets never judged). */
+  received = 0;
 
   private constructor(
     private readonly worker: Worker,
@@ -103,6 +105,7 @@ export class VerdictLoop {
     }
     if (msg.type !== "report") return;
     recordSnapshot(this.metrics, msg.stats);
+    for (const list of Object.values(msg.stats.durations)) this.received += list.length;
     for (const w of msg.warnings) this.log.warn(w);
     if (msg.suppressedRecords) {
       this.log.v(2).info("verdict records suppressed by rate limit", {
