@@ -110,7 +110,13 @@ Deno.test("unjudged: a re-install (counters reset) starts over; a pending readin
 Deno.test("unjudged: installed before the queue was bound -> the first reading is the baseline", async () => {
   const t = setup();
   t.monitor.installed(); // counters unreadable: the verdict loop does not exist yet
+  await t.clock.advance(3_000);
+  assert.equal(t.checks(), 0);
   t.set({ received: 0, queued: 3, dropped: 0 });
+  await t.clock.advance(1_000);
+  assert.equal(t.checks(), 1, "a check as soon as the queue is readable sets the baseline");
+  await t.clock.advance(3_000);
+  assert.equal(t.checks(), 1, "once");
   await t.check(40); // 37 passed before the queue was bound: not a flood to report
   assert.equal(await unjudged(t.metrics), 0);
   t.set({ received: 3, queued: 0, dropped: 0 });
@@ -122,12 +128,13 @@ Deno.test("unjudged: installed before the queue was bound -> the first reading i
   t.monitor.stop();
 });
 
-Deno.test("unjudged: a nearly full queue asks for a check at once (fail-open only)", async () => {
+Deno.test("unjudged: a half-full queue asks for a check at once (fail-open only)", async () => {
   const t = setup();
-  t.set({ received: 0, queued: 2, dropped: 0 });
+  t.set({ received: 0, queued: 3, dropped: 0 });
+  t.monitor.installed();
   await t.clock.advance(5_000);
   assert.equal(t.checks(), 0);
-  t.set({ received: 0, queued: 8, dropped: 0 });
+  t.set({ received: 0, queued: 4, dropped: 0 });
   await t.clock.advance(1_000);
   assert.equal(t.checks(), 1);
   await t.clock.advance(1_000);
@@ -138,6 +145,7 @@ Deno.test("unjudged: a nearly full queue asks for a check at once (fail-open onl
   assert.equal(t.clock.timers, 0);
   const closed = setup(false);
   closed.set({ received: 0, queued: 8, dropped: 0 });
+  closed.monitor.installed();
   await closed.clock.advance(10_000);
   assert.equal(closed.checks(), 0);
   closed.monitor.stop();

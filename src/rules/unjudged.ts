@@ -15,9 +15,9 @@
  * (packets matched after the counter read, received before the settle), never high, and it
  * catches up at the next check. Only its growth is counted.
  *
- * The dataplane check reads the rule counters every check period; while the queue is nearly
- * full (the only time packets can be let through), a check is asked for every `fullCheckMs`, so a
- * flood is reported within a few seconds.
+ * The dataplane check reads the rule counters every check period; while the queue is half full
+ * or more (packets are let through only when it is full), a check is asked for every
+ * `fullCheckMs`, so a flood is reported within a few seconds.
  */
 import { type Clock, realClock, type TimerHandle } from "../clock.ts";
 import type { Logger } from "../log.ts";
@@ -62,6 +62,7 @@ export class UnjudgedMonitor implements DataplaneObserver {
   private seen = 0;
   private pollTimer?: TimerHandle;
   private lastFullCheck = -Infinity;
+  private baselineAsked = false;
   private stopped = false;
 
   constructor(private readonly o: UnjudgedMonitorOptions) {
@@ -73,6 +74,7 @@ export class UnjudgedMonitor implements DataplaneObserver {
     this.epoch++;
     this.base = this.o.read();
     this.seen = 0;
+    this.baselineAsked = false;
   }
 
   checked(status: DataplaneStatus): void {
@@ -113,13 +115,20 @@ export class UnjudgedMonitor implements DataplaneObserver {
   }
 
   private poll(): void {
-    if (this.stopped || !this.o.failOpen) return; // fail-closed: a full queue drops, and counts
+    if (this.stopped) return;
     this.pollTimer = this.clock.setTimeout(() => {
       const c = this.o.read();
       const now = this.clock.now();
       const fullCheckMs = this.o.fullCheckMs ?? 2000;
-      if (c && c.queued >= this.o.queueMaxLen * 0.9 && now - this.lastFullCheck >= fullCheckMs) {
-        this.lastFullCheck = now;
+      // The queue just became readable (bound): a check now sets the baseline, so that a flood
+      // starting right after start-up is measured against it and counted.
+      const needBaseline = c !== undefined && this.base === undefined && !this.baselineAsked;
+      // Fail-closed: a full queue drops, and the kernel counts that itself.
+      const nearlyFull = c !== undefined && this.o.failOpen &&
+        c.queued >= Math.max(1, this.o.queueMaxLen / 2);
+      if (needBaseline || (nearlyFull && now - this.lastFullCheck >= fullCheckMs)) {
+        if (nearlyFull) this.lastFullCheck = now;
+        this.baselineAsked ||= needBaseline;
         this.o.requestCheck();
       }
       this.poll();
