@@ -233,16 +233,6 @@ Deno.test(
         });
         assert.equal(flood.code, 0, flood.stderr);
         const sent = Number(flood.stdout.trim());
-        const dbg = await metricsText(agent);
-        console.log(
-          "DEBUG sent",
-          sent,
-          "after",
-          Date.now() - started,
-          dbg.split("\n").filter((l) => /^(packet_count|nfqueue|kube_netpol_unjudged)/.test(l))
-            .join("\n"),
-        );
-        console.log("DEBUG", await inNode(lab, "iptables-nft-save", "-c", "-t", "filter"));
         // Counted and warned within 10 s of the flood's start.
         const text = await eventually(
           "unjudged packets counted",
