@@ -582,22 +582,35 @@ Deno.test("every request carries the kubeconfig's credentials", async () => {
   });
 });
 
-Deno.test("failing lists are retried with growing delays, counted as list errors", async () => {
-  await withCluster({ startSource: false }, async (h) => {
+Deno.test("failing lists are retried with doubling delays (manual clock), counted as list errors", async () => {
+  const clock = new ManualClock();
+  await withCluster({ startSource: false, clock }, async (h) => {
     h.server.failStatus = 500;
     const started = h.source.start(h.sink);
-    // Backoff 100, 200, 400 ms: four list attempts of a kind take at least 700 ms.
-    const ms = await waitFor("4 pod lists", () => h.server.listRequests("pods").length >= 4);
-    assert.ok(ms >= 650, `retries were spaced out (${ms.toFixed(0)} ms)`);
-    assert.ok(
-      await metricValue(h.metrics, "kube_netpol_informer_restarts_total", {
+    const listErrors = () =>
+      metricValue(h.metrics, "kube_netpol_informer_restarts_total", {
         kind: "pods",
         cause: "list-error",
-      }) >= 3,
-    );
+      });
+    for (const [attempt, delay] of [[1, 100], [2, 200], [3, 400]] as const) {
+      // The failure is seen and its restart scheduled before time moves on.
+      const deadline = performance.now() + 5000;
+      while ((await listErrors()) < attempt) {
+        if (performance.now() > deadline) throw new Error(`list error ${attempt} not counted`);
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      const lists = h.server.listRequests("pods").length;
+      await clock.advance(delay - 1);
+      assert.equal(clock.nextIn(), 1, `restart ${attempt} is due after exactly ${delay} ms`);
+      assert.equal(h.server.listRequests("pods").length, lists, "no retry before the delay");
+      await clock.advance(1);
+      await waitFor(`retry ${attempt}`, () => h.server.listRequests("pods").length === lists + 1);
+    }
     assert.equal(h.source.synced(), false);
     assert.match(h.source.health().detail, /HTTP 500/);
     h.server.failStatus = 0;
+    await waitFor("list error 4 counted", () => /attempt 4/.test(h.source.health().detail));
+    await clock.advance(800); // the fourth delay; now the lists succeed
     await started;
     assert.equal(h.source.synced(), true);
     assert.equal(h.verdict(OTHER_IP, WEB_IP), "deny");
