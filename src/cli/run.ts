@@ -255,6 +255,8 @@ export class Agent {
       log,
     );
     this.queueCounters = await queueCounterReader(opts.queueId, this.loop);
+    // The queue is bound: a check now is the baseline of the unjudged-packet count.
+    this.rules.checkNow();
 
     this.source = await this.createSource();
     await this.source.start((ev) => this.onEvent(ev));

@@ -7,7 +7,10 @@
  * with capped exponential backoff (start() resumes from the last resourceVersion, so a restart
  * costs a watch, not a relist), keeps `kube_netpol_informer_up` / `_restarts_total` current, and
  * reports not-ok health while any kind is down. During an outage the last state stays: nothing is
- * deleted that the API server did not delete.
+ * deleted that the API server did not delete. A watch that stays open but delivers nothing, not
+ * even the bookmarks the server sends about every minute, is hung: it is re-opened, and the kind
+ * counts as down until the new watch delivers (see DEFAULT_STALL_TIMEOUT_MS). All timing runs on
+ * an injectable Clock.
  *
  * This is client-node's makeInformer minus its `Watch`: ListWatch gets our DenoWatchTransport
  * (see watch_transport.ts for why) and a list function that pages and slims objects.
@@ -217,7 +220,9 @@ class KindInformer {
   health(): { ok: boolean; detail: string } {
     if (this.up) return { ok: true, detail: `${this.spec.label} watching` };
     const why = this.lastProblem ? `: ${this.lastProblem}` : "";
-    if (this.hung) return { ok: false, detail: `${this.spec.label} ${this.lastProblem}` };
+    if (this.hung && !this.attempt) {
+      return { ok: false, detail: `${this.spec.label} ${this.lastProblem}` };
+    }
     return {
       ok: false,
       detail: this.attempt

@@ -80,6 +80,16 @@ export class UnjudgedMonitor implements DataplaneObserver {
   checked(status: DataplaneStatus): void {
     const hits = status.queueRulePackets;
     if (hits === undefined || this.stopped) return;
+    if (!this.base) {
+      // Installed before the queue was bound (start-up): what matched until now is the baseline.
+      // Read at once, beside the rule counters: anything received later only lowers the estimate.
+      const now = this.o.read();
+      if (now) {
+        this.base = { received: now.received, queued: 0, dropped: now.dropped };
+        this.seen = Math.max(0, hits - now.queued);
+      }
+      return;
+    }
     const epoch = this.epoch;
     this.clock.setTimeout(() => this.evaluate(epoch, hits), this.o.settleMs ?? 300);
   }
@@ -92,13 +102,7 @@ export class UnjudgedMonitor implements DataplaneObserver {
   private evaluate(epoch: number, hits: number): void {
     if (epoch !== this.epoch || this.stopped) return; // re-installed meanwhile: counters reset
     const now = this.o.read();
-    if (!now) return;
-    if (!this.base) {
-      // Installed before the queue was bound (start-up): what matched until now is the baseline.
-      this.base = { received: now.received, queued: 0, dropped: now.dropped };
-      this.seen = Math.max(0, hits - now.queued);
-      return;
-    }
+    if (!now || !this.base) return;
     const estimate = hits - (now.received - this.base.received) - now.queued -
       (now.dropped - this.base.dropped);
     if (estimate <= this.seen) return;
