@@ -338,3 +338,16 @@ for (const failOpen of [true, false]) {
     },
   );
 }
+
+Deno.test("dataplane check before the first sync repairs rules but leaves members alone", async () => {
+  // At start-up the engine may hold half the cluster: syncing members then could drop pods that
+  // the sets kept from the previous run still protect.
+  const { clock, backend, sync } = setup({ checkIntervalMs: 10_000 });
+  backend.damage = [damaged("jump", "IPv4: jump from FORWARD to KUBE-NETPOL missing")];
+  sync.checkNow();
+  await clock.advance(0);
+  await sync.idle();
+  assert.deepEqual(backend.calls, ["check -", "install", "check -"]);
+  assert.equal(sync.repairs, 1);
+  assert.equal(sync.ready, false);
+});

@@ -256,11 +256,15 @@ export class RuleSync {
     try {
       await backend.install();
       observer?.installed();
-      // This sync covers any sync that was pending; a change after it schedules another.
-      this.wantSync = false;
-      if (!(await this.syncOnce())) {
-        this.wantSync = true;
-        return false;
+      // Before the first sync the engine may not have the whole cluster yet: the members kept
+      // from a previous run stay as they are until the first sync replaces them.
+      if (this.synced !== undefined) {
+        // This sync covers any sync that was pending; a change after it schedules another.
+        this.wantSync = false;
+        if (!(await this.syncOnce())) {
+          this.wantSync = true;
+          return false;
+        }
       }
       const after = await backend.check(this.synced);
       if (after.damage.length) {
