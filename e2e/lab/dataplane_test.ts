@@ -1,7 +1,8 @@
 /**
  * The dataplane behind the agent's back (root): the real agent in a lab node netns, and the ways
  * its rules get lost or bypassed on a real node.
- *   - Repair: `iptables -F KUBE-NETPOL`, a deleted jump, `ipset flush`, `nft flush ruleset` each
+ *   - Repair (iptables-nft and iptables-legacy): `iptables -F KUBE-NETPOL`, a deleted jump,
+ *     `ipset flush`, `nft flush ruleset` each
  *     open a denied pair; the periodic check restores enforcement and counts the repair.
  *   - Unjudged packets: a raw SYN flood from one pod overflows a small queue under --fail-open;
  *     the kernel lets the overflow through without a trace of its own, the agent counts it
@@ -78,7 +79,7 @@ async function eventually<T>(
 }
 
 async function withAgent(
-  opts: { extraArgs: string[] },
+  opts: { extraArgs: string[]; prepare?: (lab: Lab) => Promise<void> },
   fn: (lab: Lab, agent: LabAgent) => Promise<void>,
 ): Promise<void> {
   await cleanupStaleLabs(PREFIX);
@@ -89,6 +90,7 @@ async function withAgent(
     await startServers(lab);
     await dir.writeModel(clusterObjects(plan, lab));
     await dir.writePolicies([DENY_X]);
+    await opts.prepare?.(lab);
     const agent = await LabAgent.start(lab, {
       nodeName: plan.nodeName,
       manifestsDir: dir.path,
@@ -109,91 +111,108 @@ async function withAgent(
   }
 }
 
-Deno.test(
-  "lab: flushed chain, deleted jump, flushed sets, nft flush ruleset: each repaired",
-  labTest,
-  async (t) => {
-    await withAgent(
-      { extraArgs: [`--dataplane-check-interval=${CHECK_S}s`] },
-      async (lab, agent) => {
-        assert.match(agent.logs(), /rule backend chosen.*iptables-nft/);
-        assertMatrix("before", await probeMatrix(lab, PAIRS, "TCP", 80), enforced);
-        // A first repair aligns us with the agent's check timer: each step then breaks something
-        // right after a repair, and the next check is CHECK_S seconds away.
-        await inNode(lab, "iptables-nft", "-D", "INPUT", "1");
-        await eventually(
-          "first repair",
-          () => repairs(agent),
-          (n) => n === 1,
-          CHECK_S * 1000 + 5000,
-        );
-        await eventually(
-          "dataplane intact",
-          () => metricsText(agent),
-          (m) => sample(m, "kube_netpol_dataplane_intact") === 1,
-          5000,
-        );
-        const breakages: Array<{ name: string; reason: string; cmd: string[] }> = [
-          {
-            name: "iptables -F KUBE-NETPOL",
-            reason: "rules",
-            cmd: ["iptables-nft", "-F", "KUBE-NETPOL"],
-          },
-          {
-            name: "jump from FORWARD deleted",
-            reason: "jump",
-            cmd: [
-              "iptables-nft",
-              "-D",
-              "FORWARD",
-              "-m",
-              "comment",
-              "--comment",
-              "kube-netpol",
-              "-j",
-              "KUBE-NETPOL",
-            ],
-          },
-          { name: "ipset flush", reason: "members", cmd: ["ipset", "flush"] },
-          { name: "nft flush ruleset", reason: "chain", cmd: ["nft", "flush", "ruleset"] },
-        ];
-        for (const b of breakages) {
-          await t.step(b.name, async () => {
-            // Right after a check the next is CHECK_S away: time to see the breakage itself.
-            const before = await repairs(agent);
-            await inNode(lab, ...b.cmd);
-            const broken = await probeMatrix(lab, PAIRS.slice(0, 2), "TCP", 80);
-            assertMatrix(`${b.name}: enforcement broken`, broken, () => "allow");
-            // Restored within the check period plus a margin for the repair itself.
-            await eventually(
-              "repair counted",
-              () => repairs(agent),
-              (n) => n > before,
-              CHECK_S * 1000 + 5000,
-            );
-            // Counted when found; intact again once re-installed, re-synced and checked.
-            await eventually(
-              "dataplane intact",
-              () => metricsText(agent),
-              (m) => sample(m, "kube_netpol_dataplane_intact") === 1,
-              5000,
-            );
-            assertMatrix(`${b.name}: repaired`, await probeMatrix(lab, PAIRS, "TCP", 80), enforced);
-            const text = await metricsText(agent);
-            assert.ok(
-              sample(text, `kube_netpol_dataplane_repairs_total{reason="${b.reason}"}`) >= 1,
-              b.reason,
-            );
-            assert.equal(sample(text, "kube_netpol_dataplane_intact"), 1);
-            assert.equal((await agent.get("/readyz")).status, 200);
-          });
-        }
-        assert.match(agent.logs(), /dataplane damaged/);
-        assert.match(agent.logs(), /dataplane repaired/);
-      },
-    );
-  },
-);
+for (const flavour of ["nft", "legacy"] as const) {
+  const ipt = `iptables-${flavour}`;
+  Deno.test(
+    `lab (${ipt}): flushed chain, deleted jump, flushed sets${
+      flavour === "nft" ? ", nft flush ruleset" : ""
+    }: each repaired`,
+    labTest,
+    async (t) => {
+      await withAgent(
+        {
+          extraArgs: [`--dataplane-check-interval=${CHECK_S}s`],
+          // A rule of the node's own in iptables-legacy makes the agent follow that flavour.
+          prepare: flavour === "legacy"
+            ? (lab) => inNode(lab, ipt, "-A", "OUTPUT", "-o", "lo", "-j", "ACCEPT").then(() => {})
+            : undefined,
+        },
+        async (lab, agent) => {
+          assert.match(agent.logs(), new RegExp(`rule backend chosen backend=${ipt}`));
+          assertMatrix("before", await probeMatrix(lab, PAIRS, "TCP", 80), enforced);
+          // A first repair aligns us with the agent's check timer: each step then breaks something
+          // right after a repair, and the next check is CHECK_S seconds away.
+          await inNode(lab, ipt, "-D", "INPUT", "1");
+          await eventually(
+            "first repair",
+            () => repairs(agent),
+            (n) => n === 1,
+            CHECK_S * 1000 + 5000,
+          );
+          await eventually(
+            "dataplane intact",
+            () => metricsText(agent),
+            (m) => sample(m, "kube_netpol_dataplane_intact") === 1,
+            5000,
+          );
+          const breakages: Array<{ name: string; reason: string; cmd: string[] }> = [
+            {
+              name: "iptables -F KUBE-NETPOL",
+              reason: "rules",
+              cmd: [ipt, "-F", "KUBE-NETPOL"],
+            },
+            {
+              name: "jump from FORWARD deleted",
+              reason: "jump",
+              cmd: [
+                ipt,
+                "-D",
+                "FORWARD",
+                "-m",
+                "comment",
+                "--comment",
+                "kube-netpol",
+                "-j",
+                "KUBE-NETPOL",
+              ],
+            },
+            { name: "ipset flush", reason: "members", cmd: ["ipset", "flush"] },
+            ...(flavour === "nft"
+              ? [{ name: "nft flush ruleset", reason: "chain", cmd: ["nft", "flush", "ruleset"] }]
+              : []),
+          ];
+          for (const b of breakages) {
+            await t.step(b.name, async () => {
+              // Right after a check the next is CHECK_S away: time to see the breakage itself.
+              const before = await repairs(agent);
+              await inNode(lab, ...b.cmd);
+              const broken = await probeMatrix(lab, PAIRS.slice(0, 2), "TCP", 80);
+              assertMatrix(`${b.name}: enforcement broken`, broken, () => "allow");
+              // Restored within the check period plus a margin for the repair itself.
+              await eventually(
+                "repair counted",
+                () => repairs(agent),
+                (n) => n > before,
+                CHECK_S * 1000 + 5000,
+              );
+              // Counted when found; intact again once re-installed, re-synced and checked.
+              await eventually(
+                "dataplane intact",
+                () => metricsText(agent),
+                (m) => sample(m, "kube_netpol_dataplane_intact") === 1,
+                5000,
+              );
+              assertMatrix(
+                `${b.name}: repaired`,
+                await probeMatrix(lab, PAIRS, "TCP", 80),
+                enforced,
+              );
+              const text = await metricsText(agent);
+              assert.ok(
+                sample(text, `kube_netpol_dataplane_repairs_total{reason="${b.reason}"}`) >= 1,
+                b.reason,
+              );
+              assert.equal(sample(text, "kube_netpol_dataplane_intact"), 1);
+              assert.equal((await agent.get("/readyz")).status, 200);
+            });
+          }
+          assert.match(agent.logs(), /dataplane damaged/);
+          assert.match(agent.logs(), /dataplane repaired/);
+        },
+      );
+    },
+  );
+}
 
 /** A bounded raw SYN flood: distinct source ports (each a new connection), at most `count`. */
 const SYN_FLOOD = `
