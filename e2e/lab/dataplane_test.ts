@@ -2,9 +2,9 @@
  * The dataplane behind the agent's back (root): the real agent in a lab node netns, and the ways
  * its rules get lost or bypassed on a real node.
  *   - Repair (iptables-nft and iptables-legacy): `iptables -F KUBE-NETPOL`, a deleted jump,
- *     `ipset flush`, `nft flush ruleset` each
- *     open a denied pair; the periodic check restores enforcement and counts the repair.
- *   - Unjudged packets: a raw SYN flood from one pod overflows a small queue under --fail-open;
+ *     `ipset flush`, `nft flush ruleset` each open denied pairs; the periodic check restores
+ *     enforcement and counts the repair.
+ *   - Unjudged packets: a raw SYN flood from pods overflows a small queue under --fail-open;
  *     the kernel lets the overflow through without a trace of its own, the agent counts it
  *     (kube_netpol_unjudged_packets_total) and warns.
  *   - Uninstall leaves no empty iptables-nft filter table it created, also across a restart, and
