@@ -19,7 +19,8 @@ import { DEFAULT_DENY_MARK } from "../verdict/marks.ts";
 import type { VerdictLoop, VerdictRecord } from "../verdict/verdict_loop.ts";
 import { DEFAULT_CHECK_INTERVAL_MS, RuleSync } from "../rules/rule_sync.ts";
 import { type QueueCounters, UnjudgedMonitor } from "../rules/unjudged.ts";
-import { DEFAULT_STALL_TIMEOUT_MS } from "../k8s/source.ts";
+// Not source.ts: that loads client-node, which a --manifests run never needs.
+import { DEFAULT_STALL_TIMEOUT_MS } from "../k8s/watch_transport.ts";
 import { flagHelp, type FlagSpec, parseDuration, parseFlags, UsageError } from "./args.ts";
 
 const FLAGS: FlagSpec = {

@@ -23,7 +23,11 @@ import type { StateEvent } from "../state/events.ts";
 import type { ClusterSource, SourceHealth } from "../state/source.ts";
 import { type ApiClient, createApiClient, loadKubeConfig } from "./api_client.ts";
 import { slimObject } from "./slim.ts";
-import { DenoWatchTransport, type WatchHooks } from "./watch_transport.ts";
+import {
+  DEFAULT_STALL_TIMEOUT_MS,
+  DenoWatchTransport,
+  type WatchHooks,
+} from "./watch_transport.ts";
 import { describeError } from "./errors.ts";
 import { type Clock, realClock, sleepOn, type TimerHandle } from "../clock.ts";
 
@@ -46,15 +50,7 @@ export interface KubernetesSourceOptions {
   clock?: Clock;
 }
 
-/**
- * The API server's watch cache sends every watcher that asked for bookmarks one about every
- * minute (and one shortly before the watch's timeoutSeconds ends it), so a healthy watch is never
- * silent much longer than that. The default allows one bookmark interval plus 15 s of slack for a
- * busy server; silence beyond it is a hung watch. The API documents no interval, so the stall
- * only counts against readiness once this server was seen to send bookmarks at all (a server
- * without them gets its quiet watches re-opened at this period, without failing /readyz).
- */
-export const DEFAULT_STALL_TIMEOUT_MS = 75_000;
+export { DEFAULT_STALL_TIMEOUT_MS };
 
 interface KindSpec {
   kind: ObjectKind;

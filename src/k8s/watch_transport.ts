@@ -19,6 +19,16 @@ import type { ObjectKind } from "../policy/types.ts";
 import type { ApiClient } from "./api_client.ts";
 import { slimObject } from "./slim.ts";
 
+/**
+ * The API server's watch cache sends every watcher that asked for bookmarks one about every
+ * minute (and one shortly before the watch's timeoutSeconds ends it), so a healthy watch is never
+ * silent much longer than that. The default allows one bookmark interval plus 15 s of slack for a
+ * busy server; silence beyond it is a hung watch. The API documents no interval, so the stall
+ * only counts against readiness once this server was seen to send bookmarks at all (a server
+ * without them gets its quiet watches re-opened at this period, without failing /readyz).
+ */
+export const DEFAULT_STALL_TIMEOUT_MS = 75_000;
+
 export interface WatchTransportOptions {
   /** No byte on an open watch for this long: the watch is presumed dead. */
   stallTimeoutMs: number;
