@@ -179,4 +179,35 @@ export class AgentMetrics {
     help: "Start time of the process since the Unix epoch, in seconds",
     registers: [this.registry],
   });
+  readonly dataplaneRepairs = new Counter({
+    name: "kube_netpol_dataplane_repairs_total",
+    help: "Re-installs after the periodic check found our rules or sets changed behind our back, " +
+      "by kind of damage (table, chain, rules, jump, set, members)",
+    labelNames: ["reason"] as const,
+    registers: [this.registry],
+  });
+  readonly dataplaneIntact = new Gauge({
+    name: "kube_netpol_dataplane_intact",
+    help: "1 when the last dataplane check found our rules and sets as installed, else 0",
+    registers: [this.registry],
+  });
+  readonly unjudgedPackets = new Counter({
+    name: "kube_netpol_unjudged_packets_total",
+    help: "Packets the queue rules matched that the agent never received and the kernel did not " +
+      "count as dropped: let through unjudged (fail-open with a full queue)",
+    registers: [this.registry],
+  });
+  /** Set by the Kubernetes source: seconds since each kind's watch last delivered a line. */
+  watchAges?: () => Record<string, number>;
+  readonly watchLastEventAge = new Gauge({
+    name: "kube_netpol_watch_last_event_age_seconds",
+    help: "Seconds since the watch of a kind last delivered an event or bookmark (or was listed)",
+    labelNames: ["kind"] as const,
+    registers: [this.registry],
+    collect: () => {
+      for (const [kind, seconds] of Object.entries(this.watchAges?.() ?? {})) {
+        this.watchLastEventAge.set({ kind }, seconds);
+      }
+    },
+  });
 }

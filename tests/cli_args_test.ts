@@ -50,3 +50,30 @@ Deno.test("run flags: mistakes are usage errors that say what is wrong", () => {
   assert.throws(() => parseRunFlags(["--log-format", "xml"]), /--log-format must be text or json/);
   assert.throws(() => parseRunFlags(["extra"]), /unexpected argument "extra"/);
 });
+
+Deno.test("run flags: --logging-format is the Kubernetes spelling of --log-format", () => {
+  assert.equal(opts("--logging-format=json").logFormat, "json");
+  assert.equal(opts("--logging-format", "text").logFormat, "text");
+  assert.equal(opts("-logging-format=json").logFormat, "json");
+  assert.equal(opts("--log-format", "json").logFormat, "json");
+  assert.equal(opts("--log-format=json", "--logging-format=json").logFormat, "json");
+  assert.throws(() => opts("--logging-format", "xml"), /--logging-format must be text or json/);
+  assert.throws(
+    () => opts("--log-format=json", "--logging-format=text"),
+    /--log-format json and --logging-format text disagree/,
+  );
+});
+
+Deno.test("run flags: dataplane check period and watch stall timeout take Go durations", () => {
+  assert.equal(opts().dataplaneCheckIntervalMs, 10_000);
+  assert.equal(opts().watchStallTimeoutMs, 75_000);
+  assert.equal(opts("--dataplane-check-interval=2s").dataplaneCheckIntervalMs, 2000);
+  assert.equal(opts("--dataplane-check-interval", "500ms").dataplaneCheckIntervalMs, 500);
+  assert.equal(opts("--watch-stall-timeout=1m30s").watchStallTimeoutMs, 90_000);
+  assert.equal(opts("--watch-stall-timeout=120").watchStallTimeoutMs, 120_000, "bare seconds");
+  assert.throws(
+    () => opts("--dataplane-check-interval=soon"),
+    /--dataplane-check-interval must be a duration like 10s/,
+  );
+  assert.throws(() => opts("--watch-stall-timeout=10ms"), /between 1s and 3600s/);
+});

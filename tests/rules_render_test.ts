@@ -143,10 +143,10 @@ add rule inet kube-netpol judge ct state invalid ip daddr @ingress-v4 drop
 add rule inet kube-netpol judge ct state invalid ip6 daddr @ingress-v6 drop
 add rule inet kube-netpol judge ct state invalid ip saddr @egress-v4 drop
 add rule inet kube-netpol judge ct state invalid ip6 saddr @egress-v6 drop
-add rule inet kube-netpol judge ct state new meta mark & 0x100000 != 0x100000 ip daddr @ingress-v4 queue num 100 bypass
-add rule inet kube-netpol judge ct state new meta mark & 0x100000 != 0x100000 ip6 daddr @ingress-v6 queue num 100 bypass
-add rule inet kube-netpol judge ct state new meta mark & 0x100000 != 0x100000 ip saddr @egress-v4 queue num 100 bypass
-add rule inet kube-netpol judge ct state new meta mark & 0x100000 != 0x100000 ip6 saddr @egress-v6 queue num 100 bypass
+add rule inet kube-netpol judge ct state new meta mark & 0x100000 != 0x100000 ip daddr @ingress-v4 counter queue num 100 bypass
+add rule inet kube-netpol judge ct state new meta mark & 0x100000 != 0x100000 ip6 daddr @ingress-v6 counter queue num 100 bypass
+add rule inet kube-netpol judge ct state new meta mark & 0x100000 != 0x100000 ip saddr @egress-v4 counter queue num 100 bypass
+add rule inet kube-netpol judge ct state new meta mark & 0x100000 != 0x100000 ip6 saddr @egress-v6 counter queue num 100 bypass
 add chain inet kube-netpol forward { type filter hook forward priority filter - 10; policy accept; }
 flush chain inet kube-netpol forward
 add rule inet kube-netpol forward jump judge
@@ -156,7 +156,7 @@ add rule inet kube-netpol input jump judge
 `,
   );
   assert.ok(
-    renderNftInstall(CLOSED).includes("@ingress-v4 queue num 7\n"),
+    renderNftInstall(CLOSED).includes("@ingress-v4 counter queue num 7\n"),
     "no bypass fail-closed",
   );
 });
@@ -240,10 +240,12 @@ Deno.test("iptables install: sets before rules, one restore per family with the 
   await new IptablesBackend("legacy", OPEN, run).install();
   assert.deepEqual(run.lines(), [
     "ipset restore -exist",
-    "iptables-legacy-save -t filter",
+    "iptables-legacy-save",
     "iptables-legacy-restore --noflush --wait 5",
-    "ip6tables-legacy-save -t filter",
+    "iptables-legacy-save -c -t filter",
+    "ip6tables-legacy-save",
     "ip6tables-legacy-restore --noflush --wait 5",
+    "ip6tables-legacy-save -c -t filter",
   ]);
 });
 

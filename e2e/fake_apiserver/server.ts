@@ -57,9 +57,26 @@ export interface RequestRecord {
   authorization: string | undefined;
 }
 
+export interface FakeApiServerOptions {
+  /** Serve HTTPS with this certificate and key (PEM) instead of plain HTTP. */
+  tls?: { cert: string; key: string };
+}
+
+export interface KubeconfigOptions {
+  /** PEM file of the CA the client trusts (HTTPS servers; else insecure-skip-tls-verify). */
+  caFile?: string;
+  /**
+   * Authenticate with this token file the way in-cluster config does (client-node's `tokenFile`
+   * auth provider) instead of a fixed token.
+   */
+  tokenFile?: string;
+}
+
 export class FakeApiServer {
   readonly port: number;
   readonly url: string;
+  /** When set, requests without `Authorization: Bearer <requiredToken>` get 401. */
+  requiredToken?: string;
   /** Every request received, in order (tests assert on query parameters and counts). */
   readonly requests: RequestRecord[] = [];
   /** Delay before answering lists / watches (slow API server). */
@@ -80,22 +97,32 @@ export class FakeApiServer {
   private history: HistoryEvent[] = [];
   private readonly watches = new Set<OpenWatch>();
   private readonly conns = new Set<Deno.Conn>();
-  private readonly listener: Deno.TcpListener;
+  private readonly listener: Deno.Listener;
   private readonly acceptLoop: Promise<void>;
   private readonly handlers = new Set<Promise<void>>();
   private readonly continuations = new Map<string, { rv: number; items: KubeObject[] }>();
   private closed = false;
 
-  constructor() {
-    this.listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  constructor(opts: FakeApiServerOptions = {}) {
+    this.listener = opts.tls
+      ? Deno.listenTls({ hostname: "127.0.0.1", port: 0, ...opts.tls })
+      : Deno.listen({ hostname: "127.0.0.1", port: 0 });
     this.port = (this.listener.addr as Deno.NetAddr).port;
-    this.url = `http://127.0.0.1:${this.port}`;
+    this.url = `${opts.tls ? "https" : "http"}://127.0.0.1:${this.port}`;
     this.acceptLoop = this.accept();
   }
 
   /** A kubeconfig file pointing at this server (plain http needs insecure-skip-tls-verify). */
-  async writeKubeconfig(dir: string): Promise<string> {
+  async writeKubeconfig(dir: string, opts: KubeconfigOptions = {}): Promise<string> {
     const path = `${dir}/kubeconfig`;
+    const user = opts.tokenFile
+      ? [
+        "    auth-provider:",
+        "      name: tokenFile",
+        "      config:",
+        `        tokenFile: ${opts.tokenFile}`,
+      ]
+      : ["    token: fake-token"];
     await Deno.writeTextFile(
       path,
       [
@@ -105,11 +132,13 @@ export class FakeApiServer {
         "- name: fake",
         "  cluster:",
         `    server: ${this.url}`,
-        "    insecure-skip-tls-verify: true",
+        opts.caFile
+          ? `    certificate-authority: ${opts.caFile}`
+          : "    insecure-skip-tls-verify: true",
         "users:",
         "- name: tester",
         "  user:",
-        "    token: fake-token",
+        ...user,
         "contexts:",
         "- name: fake",
         "  context: { cluster: fake, user: tester }",
@@ -206,6 +235,33 @@ export class FakeApiServer {
     return n;
   }
 
+  /**
+   * Send a BOOKMARK now on open watches that asked for them (per kind when given), as the API
+   * server does about every minute; returns how many got one. For tests on a manual clock.
+   */
+  bookmark(kind?: FakeKind): number {
+    let n = 0;
+    for (const w of this.watches) {
+      if (w.bookmarks && !w.stalled && (!kind || w.kind === kind)) {
+        this.writeBookmark(w);
+        n++;
+      }
+    }
+    return n;
+  }
+
+  private writeBookmark(w: OpenWatch): void {
+    const info = KIND_INFO[w.kind];
+    this.writeEvent(w, {
+      type: "BOOKMARK",
+      object: {
+        kind: info.listKind.replace(/List$/, ""),
+        apiVersion: info.apiVersion,
+        metadata: { resourceVersion: String(this.rv) },
+      },
+    });
+  }
+
   /** Open, non-stalled watches (per kind when given). */
   openWatches(kind?: FakeKind): number {
     return [...this.watches].filter((w) => !w.stalled && (!kind || w.kind === kind)).length;
@@ -293,6 +349,10 @@ export class FakeApiServer {
     if (this.failStatus) {
       return await this.respondJSON(conn, this.failStatus, status(this.failStatus, "injected"));
     }
+    const presented = this.requests.at(-1)?.authorization;
+    if (this.requiredToken !== undefined && presented !== `Bearer ${this.requiredToken}`) {
+      return await this.respondJSON(conn, 401, status(401, "Unauthorized"));
+    }
     if (method !== "GET" || !kind) {
       return await this.respondJSON(conn, 404, status(404, `no route ${url.pathname}`));
     }
@@ -374,17 +434,7 @@ export class FakeApiServer {
     const timeout = Number(q.get("timeoutSeconds") ?? 0);
     if (timeout > 0) timers.push(setTimeout(() => w.finish("graceful"), timeout * 1000));
     if (this.bookmarkIntervalMs > 0 && w.bookmarks) {
-      timers.push(setInterval(() => {
-        const info = KIND_INFO[kind];
-        this.writeEvent(w, {
-          type: "BOOKMARK",
-          object: {
-            kind: info.listKind.replace(/List$/, ""),
-            apiVersion: info.apiVersion,
-            metadata: { resourceVersion: String(this.rv) },
-          },
-        });
-      }, this.bookmarkIntervalMs));
+      timers.push(setInterval(() => this.writeBookmark(w), this.bookmarkIntervalMs));
     }
     // The client going away ends the watch too.
     void (async () => {

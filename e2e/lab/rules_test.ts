@@ -5,7 +5,7 @@
  *   deno test --frozen --allow-run --allow-read --allow-sys=uid e2e/lab/rules_test.ts
  *
  * The nftables backend's `queue` statement cannot load here (CONFIG_NFT_QUEUE off), so its lab
- * test swaps only that statement for `counter accept` on the way to nft; everything else it
+ * test swaps only that statement for `accept` (after its counter) on the way to nft; everything else it
  * sends (sets, chains, member updates, uninstall) runs for real.
  */
 import assert from "node:assert/strict";
@@ -222,7 +222,7 @@ function withoutNftQueue(run: CommandRunner, opts: RuleOptions): CommandRunner {
   const queue = renderNftQueue(opts);
   return {
     run: (cmd, args, stdin) =>
-      run.run(cmd, args, cmd === "nft" ? stdin?.replaceAll(queue, "counter accept") : stdin),
+      run.run(cmd, args, cmd === "nft" ? stdin?.replaceAll(queue, "accept") : stdin),
   };
 }
 

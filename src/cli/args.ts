@@ -118,6 +118,33 @@ export function parseFlags(
   return { values, positionals: parsed.positionals };
 }
 
+const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+/**
+ * A Go-style duration (`10s`, `1m30s`, `500ms`) in milliseconds; a bare number is seconds.
+ * Throws a UsageError naming `flag` for anything else or for values outside `minMs..maxMs`.
+ */
+export function parseDuration(flag: string, text: string, minMs: number, maxMs: number): number {
+  let ms: number;
+  if (/^\d+(\.\d+)?$/.test(text)) ms = Number(text) * 1000;
+  else if (/^(\d+(\.\d+)?(ms|s|m|h))+$/.test(text)) {
+    ms = 0;
+    for (const m of text.matchAll(/(\d+(?:\.\d+)?)(ms|s|m|h)/g)) {
+      ms += Number(m[1]) * DURATION_UNITS[m[2]!]!;
+    }
+  } else {
+    throw new UsageError(
+      `--${flag} must be a duration like 10s, 1m30s or 500ms, not ${JSON.stringify(text)}`,
+    );
+  }
+  if (ms < minMs || ms > maxMs) {
+    throw new UsageError(
+      `--${flag} must be between ${minMs / 1000}s and ${maxMs / 1000}s, not ${text}`,
+    );
+  }
+  return Math.round(ms);
+}
+
 /** Render flag help lines with defaults. */
 export function flagHelp(spec: FlagSpec, help: Record<string, string>): string {
   return Object.entries(spec).map(([name, s]) => {

@@ -18,8 +18,11 @@ import { DEFAULT_DENY_MARK } from "../verdict/marks.ts";
 import type { VerdictLoop } from "../verdict/verdict_loop.ts";
 import type { SpawnedVerdictWorker } from "../verdict/worker_spawn.ts";
 import { DEFAULT_DENY_LOG_RATE, DenyLog } from "../verdict/deny_log.ts";
-import { RuleSync } from "../rules/rule_sync.ts";
-import { flagHelp, type FlagSpec, parseFlags, UsageError } from "./args.ts";
+import { DEFAULT_CHECK_INTERVAL_MS, RuleSync } from "../rules/rule_sync.ts";
+import { type QueueCounters, UnjudgedMonitor } from "../rules/unjudged.ts";
+// Not source.ts: that loads client-node, which a --manifests run never needs.
+import { DEFAULT_STALL_TIMEOUT_MS } from "../k8s/watch_transport.ts";
+import { flagHelp, type FlagSpec, parseDuration, parseFlags, UsageError } from "./args.ts";
 
 const FLAGS: FlagSpec = {
   kubeconfig: { type: "string" },
@@ -34,7 +37,10 @@ const FLAGS: FlagSpec = {
   "debug-endpoints": { type: "string", default: "loopback" },
   v: { type: "string", short: "v", default: "2" },
   "log-format": { type: "string", default: "text" },
+  "logging-format": { type: "string" },
   "deny-log-rate": { type: "string", default: String(DEFAULT_DENY_LOG_RATE) },
+  "dataplane-check-interval": { type: "string", default: `${DEFAULT_CHECK_INTERVAL_MS / 1000}s` },
+  "watch-stall-timeout": { type: "string", default: `${DEFAULT_STALL_TIMEOUT_MS / 1000}s` },
   help: { type: "boolean", short: "h", default: false },
 };
 
@@ -57,7 +63,12 @@ const HELP: Record<string, string> = {
     "or anywhere",
   v: "log verbosity: 0 errors and warnings, 2 normal, 4 every verdict",
   "log-format": "text or json",
+  "logging-format": "the Kubernetes spelling of --log-format",
   "deny-log-rate": "deny log lines per second at most (the rest are counted and summarized)",
+  "dataplane-check-interval": "how often our rules and sets are checked, and repaired when " +
+    "something flushed or deleted them",
+  "watch-stall-timeout": "a watch with no event and no bookmark for this long is presumed hung: " +
+    "/readyz fails and it is re-opened (the API server sends bookmarks about every minute)",
   help: "show this help",
 };
 
@@ -77,6 +88,8 @@ export interface RunOptions {
   verbosity: number;
   logFormat: "text" | "json";
   denyLogRate: number;
+  dataplaneCheckIntervalMs: number;
+  watchStallTimeoutMs: number;
 }
 
 function intFlag(values: Record<string, unknown>, name: string, min: number, max: number): number {
@@ -90,16 +103,29 @@ function intFlag(values: Record<string, unknown>, name: string, min: number, max
   return n;
 }
 
+/** `--log-format`, or its Kubernetes spelling `--logging-format`; both given must agree. */
+function logFormatFlag(values: Record<string, unknown>): "text" | "json" {
+  const k8s = values["logging-format"] as string | undefined;
+  const ours = values["log-format"] as string;
+  const explicit = k8s !== undefined && ours !== "text" && ours !== k8s;
+  if (explicit) {
+    throw new UsageError(`--log-format ${ours} and --logging-format ${k8s} disagree`);
+  }
+  const format = k8s ?? ours;
+  if (format !== "text" && format !== "json") {
+    const flag = k8s !== undefined ? "--logging-format" : "--log-format";
+    throw new UsageError(`${flag} must be text or json, not ${JSON.stringify(format)}`);
+  }
+  return format;
+}
+
 export function parseRunFlags(args: string[]): RunOptions | "help" {
   const { values, positionals } = parseFlags(args, FLAGS);
   if (values.help) return "help";
   if (positionals.length) {
     throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}`);
   }
-  const logFormat = values["log-format"];
-  if (logFormat !== "text" && logFormat !== "json") {
-    throw new UsageError(`--log-format must be text or json, not ${JSON.stringify(logFormat)}`);
-  }
+  const logFormat = logFormatFlag(values);
   const debugEndpoints = values["debug-endpoints"] as DebugEndpoints;
   if (!DEBUG_ENDPOINTS.includes(debugEndpoints)) {
     throw new UsageError(
@@ -115,6 +141,18 @@ export function parseRunFlags(args: string[]): RunOptions | "help" {
     verbosity: intFlag(values, "v", 0, 10),
     denyLogRate: intFlag(values, "deny-log-rate", 1, 100000),
     metricsMaxConnections: intFlag(values, "metrics-max-connections", 1, 10000),
+    dataplaneCheckIntervalMs: parseDuration(
+      "dataplane-check-interval",
+      String(values["dataplane-check-interval"]),
+      100,
+      3_600_000,
+    ),
+    watchStallTimeoutMs: parseDuration(
+      "watch-stall-timeout",
+      String(values["watch-stall-timeout"]),
+      1000,
+      3_600_000,
+    ),
   };
   // Last: the hostname fallback needs a permission, and flag mistakes should be reported first.
   const nodeName = (values["hostname-override"] as string | undefined) ||
@@ -180,6 +218,9 @@ export class Agent {
   private source?: ClusterSource;
   private loop?: VerdictLoop;
   private rules?: RuleSync;
+  private unjudged?: UnjudgedMonitor;
+  /** Reads the kernel's counters of our queue; set once the verdict loop is bound. */
+  private queueCounters?: () => QueueCounters | undefined;
   private server?: { port: number; close(): Promise<void> };
   private readonly invalid = new Map<string, ObjectError[]>();
   private statsTimer?: ReturnType<typeof setInterval>;
@@ -215,6 +256,14 @@ export class Agent {
       }),
     }, log);
 
+    this.unjudged = new UnjudgedMonitor({
+      read: () => this.queueCounters?.(),
+      requestCheck: () => this.rules?.checkNow(),
+      queueMaxLen: opts.queueMaxLen,
+      failOpen: opts.failOpen,
+      metrics: this.metrics,
+      log,
+    });
     this.rules = await RuleSync.start(
       {
         queueId: opts.queueId,
@@ -225,6 +274,7 @@ export class Agent {
       opts.nodeName,
       this.metrics,
       log,
+      { checkIntervalMs: opts.dataplaneCheckIntervalMs, observer: this.unjudged },
     );
 
     const { VerdictLoop } = await import("../verdict/verdict_loop.ts");
@@ -243,6 +293,9 @@ export class Agent {
       log,
       this.verdictWorker,
     );
+    this.queueCounters = queueCounterReader(this.loop);
+    // The queue is bound: a check now is the baseline of the unjudged-packet count.
+    this.rules.checkNow();
 
     this.source = await this.createSource();
     await this.source.start((ev) => this.onEvent(ev));
@@ -261,6 +314,7 @@ export class Agent {
       kubeconfig: this.opts.kubeconfig,
       log: this.log,
       metrics: this.metrics,
+      stallTimeoutMs: this.opts.watchStallTimeoutMs,
     });
   }
 
@@ -307,10 +361,15 @@ export class Agent {
   }
 
   private readiness(): { ok: boolean; detail: string } {
-    if (!this.source?.synced()) return { ok: false, detail: "waiting for the first full state" };
-    const health = this.source.health();
+    const health = this.source?.health();
+    if (!this.source?.synced() || !health) {
+      // Say why: e.g. the API server's certificate does not match the CA.
+      const why = health && !health.ok ? `: ${health.detail}` : "";
+      return { ok: false, detail: `waiting for the first full state${why}` };
+    }
     if (!health.ok) return { ok: false, detail: health.detail };
-    if (!this.rules?.ready) return { ok: false, detail: "rules not yet synced" };
+    const rules = this.rules?.health() ?? { ok: false, detail: "rules not installed" };
+    if (!rules.ok) return rules;
     return { ok: true, detail: "ok" };
   }
 
@@ -318,6 +377,7 @@ export class Agent {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       clearInterval(this.statsTimer);
+      this.unjudged?.stop();
       await this.source?.stop().catch((e) => this.log.warn("source stop", { error: String(e) }));
       await this.loop?.stop().catch((e) => this.log.warn("loop stop", { error: String(e) }));
       await this.rules?.stop().catch((e) => this.log.warn("rules stop", { error: String(e) }));
@@ -325,4 +385,25 @@ export class Agent {
     })();
     return this.stopping;
   }
+}
+
+/**
+ * What the unjudged-packet accounting reads: our queue's counters from /proc, as the verdict
+ * Worker reports them (every 100 ms; only the Worker can read /proc). `id_sequence` counts every
+ * packet the kernel really queued, so "received" here is what left the queue for the Worker and
+ * "queued" what waits in it. A reading older than the monitor's settle delay is refused: the
+ * estimate must use counters read after the rule counters it is compared with, or a filling
+ * queue would be miscounted as unjudged.
+ */
+function queueCounterReader(loop: VerdictLoop, maxAgeMs = 250): () => QueueCounters | undefined {
+  return () => {
+    const latest = loop.latestQueue;
+    if (!latest || performance.now() - latest.at > maxAgeMs) return undefined;
+    const s = latest.stats;
+    return {
+      received: s.idSequence - s.queueTotal,
+      queued: s.queueTotal,
+      dropped: s.queueDropped + s.userDropped,
+    };
+  };
 }

@@ -5,6 +5,7 @@
  * response body whose connection was cut, so a dropped watch would hang forever without a word.
  */
 import { KubeConfig } from "@kubernetes/client-node";
+import { type Clock, realClock } from "../clock.ts";
 
 export interface KubeConfigOptions {
   /** Path of a kubeconfig file; wins over the KUBECONFIG env var and in-cluster config. */
@@ -52,7 +53,39 @@ interface HttpsOptions {
 
 const decoder = new TextDecoder();
 
-export async function createApiClient(kc: KubeConfig): Promise<ApiClient> {
+/** How long a token read from a file is used before the file is read again (as client-go). */
+const TOKEN_MAX_AGE_MS = 60_000;
+
+/**
+ * The in-cluster service-account token (client-node's `tokenFile` auth provider). Bound tokens
+ * rotate: kubelet rewrites the file well before the old token expires. Read at most once a
+ * minute, and at once when the API server answered 401 (`reread`), so a rotated token is picked
+ * up on the first refusal instead of up to a minute later.
+ */
+class TokenFile {
+  private token = "";
+  private readAt = -Infinity;
+
+  constructor(readonly path: string, private readonly clock: Clock) {}
+
+  async get(): Promise<string> {
+    if (this.clock.now() - this.readAt > TOKEN_MAX_AGE_MS) await this.reread();
+    return this.token;
+  }
+
+  /** Reads the file now; true when the token changed. */
+  async reread(): Promise<boolean> {
+    const before = this.token;
+    this.token = (await Deno.readTextFile(this.path)).trim();
+    this.readAt = this.clock.now();
+    return this.token !== before;
+  }
+}
+
+export async function createApiClient(
+  kc: KubeConfig,
+  clock: Clock = realClock,
+): Promise<ApiClient> {
   const cluster = kc.getCurrentCluster();
   if (!cluster) throw new Error("kubeconfig has no current cluster");
   const server = cluster.server.replace(/\/+$/, "");
@@ -72,19 +105,32 @@ export async function createApiClient(kc: KubeConfig): Promise<ApiClient> {
     tls.key = decoder.decode(probe.key);
   }
   const client = Deno.createHttpClient(tls);
+  const tokenPath = (kc.getCurrentUser()?.authProvider as { config?: { tokenFile?: string } })
+    ?.config?.tokenFile;
+  const tokenFile = tokenPath ? new TokenFile(tokenPath, clock) : undefined;
+
+  const send = async (path: string, query: Record<string, string>, signal: AbortSignal) => {
+    // Headers are computed per request: service-account tokens rotate and exec plugins expire.
+    const opts: HttpsOptions = {};
+    await kc.applyToHTTPSOptions(opts as never);
+    const headers = new Headers(opts.headers ?? {});
+    headers.set("Accept", "application/json");
+    if (opts.auth) headers.set("Authorization", `Basic ${btoa(opts.auth)}`);
+    if (tokenFile) headers.set("Authorization", `Bearer ${await tokenFile.get()}`);
+    const url = new URL(server + path);
+    for (const [k, v] of Object.entries(query)) url.searchParams.set(k, v);
+    return await fetch(url, { headers, signal, client });
+  };
 
   return {
     server,
     async get(path, query, signal) {
-      // Headers are computed per request: service-account tokens rotate and exec plugins expire.
-      const opts: HttpsOptions = {};
-      await kc.applyToHTTPSOptions(opts as never);
-      const headers = new Headers(opts.headers ?? {});
-      headers.set("Accept", "application/json");
-      if (opts.auth) headers.set("Authorization", `Basic ${btoa(opts.auth)}`);
-      const url = new URL(server + path);
-      for (const [k, v] of Object.entries(query)) url.searchParams.set(k, v);
-      return await fetch(url, { headers, signal, client });
+      const res = await send(path, query, signal);
+      if (res.status !== 401 || !tokenFile) return res;
+      // Refused: the token may have rotated since we read it. Once, with the file's current one.
+      if (!(await tokenFile.reread().catch(() => false))) return res;
+      await res.body?.cancel();
+      return await send(path, query, signal);
     },
     close() {
       client.close();

@@ -7,7 +7,10 @@
  * with capped exponential backoff (start() resumes from the last resourceVersion, so a restart
  * costs a watch, not a relist), keeps `kube_netpol_informer_up` / `_restarts_total` current, and
  * reports not-ok health while any kind is down. During an outage the last state stays: nothing is
- * deleted that the API server did not delete.
+ * deleted that the API server did not delete. A watch that stays open but delivers nothing, not
+ * even the bookmarks the server sends about every minute, is hung: it is re-opened, and the kind
+ * counts as down until the new watch delivers (see DEFAULT_STALL_TIMEOUT_MS). All timing runs on
+ * an injectable Clock.
  *
  * This is client-node's makeInformer minus its `Watch`: ListWatch gets our DenoWatchTransport
  * (see watch_transport.ts for why) and a list function that pages and slims objects.
@@ -20,7 +23,13 @@ import type { StateEvent } from "../state/events.ts";
 import type { ClusterSource, SourceHealth } from "../state/source.ts";
 import { type ApiClient, createApiClient, loadKubeConfig } from "./api_client.ts";
 import { slimObject } from "./slim.ts";
-import { DenoWatchTransport } from "./watch_transport.ts";
+import {
+  DEFAULT_STALL_TIMEOUT_MS,
+  DenoWatchTransport,
+  type WatchHooks,
+} from "./watch_transport.ts";
+import { describeError } from "./errors.ts";
+import { type Clock, realClock, sleepOn, type TimerHandle } from "../clock.ts";
 
 export interface KubernetesSourceOptions {
   /** kubeconfig path (`--kubeconfig`); else KUBECONFIG, else in-cluster. */
@@ -29,7 +38,7 @@ export interface KubernetesSourceOptions {
   metrics?: AgentMetrics;
   /** Informer restart backoff after errors (default 500 ms doubling to 30 s). */
   restartBackoff?: { initialMs: number; maxMs: number };
-  /** A watch silent this long is presumed dead and re-opened (default 90 s; bookmarks come ~60 s). */
+  /** A watch silent this long is presumed hung (`--watch-stall-timeout`, see below). */
   stallTimeoutMs?: number;
   /** Server-side watch timeout in seconds (default: random in 300..600, as client-go does). */
   watchTimeoutSeconds?: () => number;
@@ -37,7 +46,11 @@ export interface KubernetesSourceOptions {
   listTimeoutMs?: number;
   /** Page size for lists (default 500); big clusters are listed in pages like client-go does. */
   listPageSize?: number;
+  /** Time for backoffs and the stall watchdog (tests pass a manual clock). */
+  clock?: Clock;
 }
+
+export { DEFAULT_STALL_TIMEOUT_MS };
 
 interface KindSpec {
   kind: ObjectKind;
@@ -64,71 +77,126 @@ type Slim = (Pod | Namespace | NetworkPolicy) & KubernetesObject;
 /** Why an informer was (re)started: the `cause` label of the restarts counter. */
 export type RestartCause = "error" | "list-error" | "stall";
 
+type InformerSettings =
+  & Required<Omit<KubernetesSourceOptions, "kubeconfig" | "metrics">>
+  & { metrics?: AgentMetrics };
+
+/** What the informers learn about the server they share. */
+interface ServerTraits {
+  /** Some watch received a BOOKMARK: silence beyond the stall timeout is then a hung watch. */
+  sendsBookmarks: boolean;
+}
+
 class KindInformer {
   /** The first list of this kind has been delivered. */
   synced = false;
   /** Watching: the last watch request was answered 200 and has not failed since. */
   up = false;
+  /**
+   * The watchdog found this kind's watch hung (on a server that sends bookmarks): not up until
+   * the re-opened watch delivers a line, whatever its HTTP status said.
+   */
+  private hung = false;
+  /** clock.now() of the last list delivered or watch line received: how current we are. */
+  lastHeard = 0;
   private attempt = 0;
-  private restartTimer: ReturnType<typeof setTimeout> | undefined;
+  private restartTimer: TimerHandle | undefined;
   private stopped = false;
   private lastProblem = "";
   /** When the current watch was answered; a long healthy stretch resets the restart backoff. */
   private connectedAt = 0;
   /** Aborts in-flight lists and ListWatch's reconnect delays on stop(). */
   private readonly stopping = new AbortController();
+  private readonly clock: Clock;
   private readonly transport: DenoWatchTransport;
   readonly informer: ListWatch<Slim>;
 
   constructor(
     readonly spec: KindSpec,
     private readonly client: ApiClient,
-    private readonly opts: Required<Omit<KubernetesSourceOptions, "kubeconfig" | "metrics">> & {
-      metrics?: AgentMetrics;
-    },
+    private readonly opts: InformerSettings,
+    private readonly traits: ServerTraits,
     private readonly sink: (ev: StateEvent) => void,
     private readonly onSynced: () => void,
   ) {
-    const log = opts.log;
-    const transport = this.transport = new DenoWatchTransport(client, spec.kind, {
+    this.clock = opts.clock;
+    this.transport = new DenoWatchTransport(client, spec.kind, {
       stallTimeoutMs: opts.stallTimeoutMs,
       watchTimeoutSeconds: opts.watchTimeoutSeconds,
-    }, {
-      watchStarting: () => {
-        if (!this.synced) {
-          // ListWatch delivers the whole list synchronously before it opens the first watch.
-          this.synced = true;
-          log.info("informer synced", { kind: spec.label, objects: this.informer.list().length });
-          this.onSynced();
-        }
-      },
-      connected: () => {
-        this.connectedAt = Date.now();
-        this.setUp(true);
-      },
-      activity: () => {
-        this.attempt = 0;
-      },
-      stalled: (silentMs) => {
-        this.setUp(false);
-        this.count("stall");
-        log.warn("watch silent too long, re-watching", { kind: spec.label, silentMs });
-      },
-      errorEvent: (status) => log.v(2).info("watch error event", { kind: spec.label, status }),
-    });
-    this.informer = new ListWatch<Slim>(
-      spec.path,
-      transport.asWatch(),
+      clock: opts.clock,
+    }, this.watchHooks());
+    this.informer = this.createListWatch();
+  }
+
+  /** ListWatch with our transport, our paged list, and its delays on our clock. */
+  private createListWatch(): ListWatch<Slim> {
+    const informer = new ListWatch<Slim>(
+      this.spec.path,
+      this.transport.asWatch(),
       () => this.list(),
       false,
       undefined,
       undefined,
-      { delayFn: (ms) => this.delay(ms) },
+      { delayFn: (ms) => sleepOn(this.clock, ms, this.stopping.signal) },
     );
-    this.informer.on("add", (o) => this.upsert(o));
-    this.informer.on("update", (o) => this.upsert(o));
-    this.informer.on("delete", (o) => this.remove(o));
-    this.informer.on("error", (err) => this.failed(err));
+    informer.on("add", (o) => this.upsert(o));
+    informer.on("update", (o) => this.upsert(o));
+    informer.on("delete", (o) => this.remove(o));
+    informer.on("error", (err) => this.failed(err));
+    return informer;
+  }
+
+  private watchHooks(): WatchHooks {
+    const { log } = this.opts;
+    const kind = this.spec.label;
+    return {
+      watchStarting: () => {
+        if (this.synced) return;
+        // ListWatch delivers the whole list synchronously before it opens the first watch.
+        this.synced = true;
+        log.info("informer synced", { kind, objects: this.informer.list().length });
+        this.onSynced();
+      },
+      connected: () => {
+        this.connectedAt = this.clock.now();
+        if (!this.hung) this.setUp(true);
+      },
+      activity: (bookmark) => {
+        this.attempt = 0;
+        this.lastHeard = this.clock.now();
+        if (bookmark) this.traits.sendsBookmarks = true;
+        if (this.hung) {
+          this.hung = false;
+          log.info("watch delivers again after a stall", { kind });
+          this.setUp(true);
+        }
+      },
+      stalled: (silentMs) => this.stalled(silentMs),
+      errorEvent: (status) => log.v(2).info("watch error event", { kind, status }),
+    };
+  }
+
+  /** The watchdog abandoned a silent watch; ListWatch re-opens it at once. */
+  private stalled(silentMs: number): void {
+    this.count("stall");
+    const seconds = Math.round(silentMs / 1000);
+    if (!this.traits.sendsBookmarks) {
+      // No evidence this server sends bookmarks: silence may just be a quiet kind.
+      this.opts.log.v(2).info("quiet watch re-opened (no bookmark seen from this server)", {
+        kind: this.spec.label,
+        silentS: seconds,
+      });
+      return;
+    }
+    this.hung = true;
+    this.setUp(false);
+    this.lastProblem = `watch hung: no event or bookmark for ${seconds}s ` +
+      `(bookmarks come about every minute); re-watching`;
+    this.opts.log.warn(
+      "watch hung (no event or bookmark), re-watching; not ready until it " +
+        "delivers again",
+      { kind: this.spec.label, silentS: seconds },
+    );
   }
 
   start(): void {
@@ -138,28 +206,19 @@ class KindInformer {
 
   async stop(): Promise<void> {
     this.stopped = true;
-    clearTimeout(this.restartTimer);
+    this.clock.clearTimeout(this.restartTimer);
     this.transport.close();
     this.stopping.abort();
     this.setUp(false);
     await this.informer.stop();
   }
 
-  /** ListWatch's wait before re-watching a quiet stream; cut short by stop(). */
-  private delay(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      if (this.stopping.signal.aborted) return resolve();
-      const timer = setTimeout(resolve, ms);
-      this.stopping.signal.addEventListener("abort", () => {
-        clearTimeout(timer);
-        resolve();
-      }, { once: true });
-    });
-  }
-
   health(): { ok: boolean; detail: string } {
     if (this.up) return { ok: true, detail: `${this.spec.label} watching` };
     const why = this.lastProblem ? `: ${this.lastProblem}` : "";
+    if (this.hung && !this.attempt) {
+      return { ok: false, detail: `${this.spec.label} ${this.lastProblem}` };
+    }
     return {
       ok: false,
       detail: this.attempt
@@ -171,13 +230,15 @@ class KindInformer {
   /** Lists page by page; ListWatch diffs the result against its cache (deletes what vanished). */
   private async list(): Promise<{ metadata: { resourceVersion?: string }; items: Slim[] }> {
     try {
-      return await this.listPages();
+      const listed = await this.listPages();
+      this.lastHeard = this.clock.now();
+      return listed;
     } catch (err) {
       // Tagged so the restart is counted as cause="list-error" (ListWatch reports both alike).
-      const message = err instanceof Error ? err.message : String(err);
-      throw Object.assign(new Error(`list ${this.spec.path}: ${message}`, { cause: err }), {
-        listFailed: true,
-      });
+      throw Object.assign(
+        new Error(`list ${this.spec.path}: ${describeError(err)}`, { cause: err }),
+        { listFailed: true },
+      );
     }
   }
 
@@ -226,13 +287,14 @@ class KindInformer {
   /** ListWatch has stopped itself: schedule a restart. */
   private failed(err: unknown): void {
     if (this.stopped) return;
+    const now = this.clock.now();
     // A watch that ran fine for a while before failing is a fresh problem, not a repeat.
-    if (this.up && Date.now() - this.connectedAt > this.opts.restartBackoff.maxMs) this.attempt = 0;
+    if (this.up && now - this.connectedAt > this.opts.restartBackoff.maxMs) this.attempt = 0;
     this.setUp(false);
     const cause: RestartCause = (err as { listFailed?: boolean })?.listFailed
       ? "list-error"
       : "error";
-    this.lastProblem = err instanceof Error ? err.message : String(err);
+    this.lastProblem = describeError(err);
     const delay = Math.min(
       this.opts.restartBackoff.initialMs * 2 ** this.attempt,
       this.opts.restartBackoff.maxMs,
@@ -246,8 +308,8 @@ class KindInformer {
       attempt: this.attempt,
       delayMs: delay,
     });
-    clearTimeout(this.restartTimer);
-    this.restartTimer = setTimeout(() => {
+    this.clock.clearTimeout(this.restartTimer);
+    this.restartTimer = this.clock.setTimeout(() => {
       this.restartTimer = undefined;
       if (!this.stopped) this.start();
     }, delay);
@@ -270,18 +332,28 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): ClusterSo
     log,
     metrics: opts.metrics,
     restartBackoff: opts.restartBackoff ?? { initialMs: 500, maxMs: 30_000 },
-    stallTimeoutMs: opts.stallTimeoutMs ?? 90_000,
+    stallTimeoutMs: opts.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS,
     watchTimeoutSeconds: opts.watchTimeoutSeconds ??
       (() => 300 + Math.floor(Math.random() * 300)),
     listTimeoutMs: opts.listTimeoutMs ?? 60_000,
     listPageSize: opts.listPageSize ?? 500,
+    clock: opts.clock ?? realClock,
   };
+  const traits: ServerTraits = { sendsBookmarks: false };
   let client: ApiClient | undefined;
   let informers: KindInformer[] = [];
   let started = false;
   let stopped = false;
   let resolveSynced: (() => void) | undefined;
   const allSynced = () => informers.length > 0 && informers.every((i) => i.synced);
+  /** Seconds since each kind last heard from the server (list or watch line). */
+  const watchAges = () =>
+    Object.fromEntries(
+      informers.filter((i) => i.lastHeard > 0).map((i) => [
+        i.spec.label,
+        (settings.clock.now() - i.lastHeard) / 1000,
+      ]),
+    );
 
   return {
     /** Resolves once the first full list of every kind was delivered (or on stop()). */
@@ -289,13 +361,16 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): ClusterSo
       if (started) throw new Error("kubernetes source already started");
       started = true;
       const { kc, origin } = loadKubeConfig({ kubeconfig: opts.kubeconfig });
-      client = await createApiClient(kc);
+      client = await createApiClient(kc, settings.clock);
       log.info("watching the API server", { server: client.server, config: origin });
       const syncedPromise = new Promise<void>((resolve) => resolveSynced = resolve);
       const onSynced = () => {
         if (allSynced()) resolveSynced?.();
       };
-      informers = KINDS.map((spec) => new KindInformer(spec, client!, settings, sink, onSynced));
+      informers = KINDS.map((spec) =>
+        new KindInformer(spec, client!, settings, traits, sink, onSynced)
+      );
+      if (opts.metrics) opts.metrics.watchAges = () => watchAges();
       for (const inf of informers) inf.start();
       await syncedPromise;
       if (!stopped) log.info("all informers synced");

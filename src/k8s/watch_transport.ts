@@ -7,21 +7,35 @@
  *   - `allowWatchBookmarks` + server-side `timeoutSeconds`: the API server ends every watch itself
  *     after a few minutes and sends a bookmark about every minute, so a healthy watch is never
  *     silent for long;
- *   - a stall watchdog: no byte for `stallTimeoutMs` means the connection is dead (half-open TCP,
- *     a proxy that swallowed the FIN): the request is aborted and ListWatch re-watches at once
- *     from its last resourceVersion;
+ *   - a stall watchdog: no byte for `stallTimeoutMs` (default a bookmark interval plus slack, see
+ *     source.ts) means the connection is dead (half-open TCP, a proxy that swallowed the FIN, a
+ *     hung API server): the request is aborted and ListWatch re-watches at once from its last
+ *     resourceVersion;
  *   - objects are slimmed (see slim.ts) before ListWatch caches them.
  */
 import type { Watch } from "@kubernetes/client-node";
+import { type Clock, realClock, type TimerHandle } from "../clock.ts";
 import type { ObjectKind } from "../policy/types.ts";
 import type { ApiClient } from "./api_client.ts";
 import { slimObject } from "./slim.ts";
+
+/**
+ * The API server's watch cache sends every watcher that asked for bookmarks one about every
+ * minute (and one shortly before the watch's timeoutSeconds ends it), so a healthy watch is never
+ * silent much longer than that. The default allows one bookmark interval plus 15 s of slack for a
+ * busy server; silence beyond it is a hung watch. The API documents no interval, so the stall
+ * only counts against readiness once this server was seen to send bookmarks at all (a server
+ * without them gets its quiet watches re-opened at this period, without failing /readyz).
+ */
+export const DEFAULT_STALL_TIMEOUT_MS = 75_000;
 
 export interface WatchTransportOptions {
   /** No byte on an open watch for this long: the watch is presumed dead. */
   stallTimeoutMs: number;
   /** Server-side watch duration; called per watch so it can be jittered. */
   watchTimeoutSeconds: () => number;
+  /** Time for the watchdog (tests pass a manual clock). */
+  clock?: Clock;
 }
 
 export interface WatchHooks {
@@ -29,8 +43,8 @@ export interface WatchHooks {
   watchStarting(): void;
   /** The server answered 200: events can flow. */
   connected(): void;
-  /** An event line (incl. BOOKMARK) arrived. */
-  activity(): void;
+  /** An event line arrived; `bookmark` when it was a BOOKMARK. */
+  activity(bookmark: boolean): void;
   /** The watchdog abandoned a silent watch after `silentMs`. */
   stalled(silentMs: number): void;
   /** The server sent an ERROR event (410 is handled by ListWatch with a relist). */
@@ -53,13 +67,16 @@ type DoneCallback = (err: unknown) => void;
 
 export class DenoWatchTransport {
   private closed = false;
+  private readonly clock: Clock;
 
   constructor(
     private readonly client: ApiClient,
     private readonly kind: ObjectKind,
     private readonly opts: WatchTransportOptions,
     private readonly hooks: WatchHooks,
-  ) {}
+  ) {
+    this.clock = opts.clock ?? realClock;
+  }
 
   /**
    * No more watches: ListWatch may still call watch() after stop() (a list or a reconnect delay
@@ -104,17 +121,23 @@ export class DenoWatchTransport {
   ): Promise<void> {
     const internal = new AbortController();
     const signal = AbortSignal.any([external.signal, internal.signal]);
+    const clock = this.clock;
     let stalled = false;
-    let lastByte = Date.now();
-    const startedAt = Date.now();
-    const watchdog = setInterval(() => {
-      const silent = Date.now() - lastByte;
-      if (silent >= this.opts.stallTimeoutMs && !stalled) {
+    let lastByte = clock.now();
+    const startedAt = clock.now();
+    const tickMs = Math.max(50, Math.min(1000, this.opts.stallTimeoutMs / 4));
+    let watchdog: TimerHandle | undefined;
+    const tick = () => {
+      const silent = clock.now() - lastByte;
+      if (silent >= this.opts.stallTimeoutMs) {
         stalled = true;
         this.hooks.stalled(silent);
         internal.abort();
+        return;
       }
-    }, Math.max(50, Math.min(1000, this.opts.stallTimeoutMs / 4)));
+      watchdog = clock.setTimeout(tick, tickMs);
+    };
+    watchdog = clock.setTimeout(tick, tickMs);
 
     const query: Record<string, string> = {
       watch: "true",
@@ -133,14 +156,14 @@ export class DenoWatchTransport {
           `watch ${path}: HTTP ${res.status} ${text.slice(0, 200)}`,
         );
       }
-      lastByte = Date.now();
+      lastByte = clock.now();
       this.hooks.connected();
       const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
       let pending = "";
       for (;;) {
         const { value, done: ended } = await reader.read();
         if (ended) break;
-        lastByte = Date.now();
+        lastByte = clock.now();
         pending += value;
         let nl: number;
         while ((nl = pending.indexOf("\n")) >= 0) {
@@ -153,7 +176,7 @@ export class DenoWatchTransport {
     } catch (e) {
       err = e;
     } finally {
-      clearInterval(watchdog);
+      clock.clearTimeout(watchdog);
     }
     if (external.signal.aborted) return; // ListWatch stopped or replaced this watch itself
     if (stalled) {
@@ -161,7 +184,7 @@ export class DenoWatchTransport {
       done(new DOMException(`${this.kind} watch silent too long`, "TimeoutError"));
     } else if (err) {
       done(err);
-    } else if (Date.now() - startedAt >= LONG_LIVED_MS) {
+    } else if (clock.now() - startedAt >= LONG_LIVED_MS) {
       // The server's timeoutSeconds ran out: reconnect at once rather than after ListWatch's
       // backoff for quiet streams (up to 30 s during which changes would wait).
       done(new DOMException(`${this.kind} watch ended by server`, "TimeoutError"));
@@ -179,7 +202,7 @@ export class DenoWatchTransport {
       return;
     }
     const type = typeof ev.type === "string" ? ev.type : "";
-    this.hooks.activity();
+    this.hooks.activity(type === "BOOKMARK");
     switch (type) {
       case "ADDED":
       case "MODIFIED":

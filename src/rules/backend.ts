@@ -18,6 +18,26 @@ export interface QueuedIPs {
   egress: string[];
 }
 
+/** Kinds of damage a dataplane check can find: the `reason` label of the repairs counter. */
+export type DamageReason = "table" | "chain" | "rules" | "jump" | "set" | "members";
+
+export interface Damage {
+  reason: DamageReason;
+  /** For the log and /readyz, e.g. "IPv4: jump from FORWARD missing". */
+  detail: string;
+}
+
+/** What one look at the kernel found (see docs/rules.md, "Check and repair"). */
+export interface DataplaneStatus {
+  /** Empty when our table/chains, rules, jumps and sets are all as installed and synced. */
+  damage: Damage[];
+  /**
+   * Packets the queue rules matched since they were last installed, summed over rules and
+   * families (their own counters); undefined when the rules could not be read.
+   */
+  queueRulePackets?: number;
+}
+
 export interface RuleBackend {
   readonly name: "nftables" | "iptables-nft" | "iptables-legacy";
   /** Idempotent; creates only our own table/chains/sets and jump rules. */
@@ -26,6 +46,12 @@ export interface RuleBackend {
   sync(ips: QueuedIPs): Promise<{ added: number; removed: number }>;
   /** Removes everything we created; idempotent; never touches foreign rules. */
   uninstall(): Promise<void>;
+  /**
+   * Compares the kernel with what install() put there and `synced` (the members of the last
+   * successful sync; skipped when undefined). Cheap: one listing per IP family plus one of the
+   * sets. Throws only when the tools themselves fail.
+   */
+  check(synced: QueuedIPs | undefined): Promise<DataplaneStatus>;
 }
 
 /** Marks are 32-bit; rendered the way iptables-save prints them (`0x100000`). */

@@ -38,6 +38,24 @@ export function parseIpsetSave(name: string, text: string): string[] {
   return members;
 }
 
+/** Our sets (short name -> members) in full `ipset save` output; other sets are ignored. */
+export function parseIpsetSaveAll(text: string): Map<string, string[]> {
+  const byName = new Map(QUEUE_SETS.map((s) => [ipsetName(s), s.name]));
+  const sets = new Map<string, string[]>();
+  for (const line of text.split("\n")) {
+    const [op, name, member] = line.trim().split(/\s+/);
+    const short = name === undefined ? undefined : byName.get(name);
+    if (short === undefined) continue;
+    if (op === "create") sets.set(short, sets.get(short) ?? []);
+    else if (op === "add" && member) {
+      const list = sets.get(short) ?? [];
+      list.push(member);
+      sets.set(short, list);
+    }
+  }
+  return sets;
+}
+
 export class IpsetSets {
   constructor(private readonly run: CommandRunner) {}
 
@@ -65,6 +83,11 @@ export class IpsetSets {
     // -exist: a member that appeared or vanished meanwhile is not an error.
     if (batch) await runChecked(this.run, "ipset", ["restore", "-exist"], batch);
     return { added, removed };
+  }
+
+  /** Our sets and their members, from one `ipset save` of every set. */
+  async list(): Promise<Map<string, string[]>> {
+    return parseIpsetSaveAll(await runChecked(this.run, "ipset", ["save"]));
   }
 
   /** Destroy those of our sets that exist. Fails while some rule still references one. */

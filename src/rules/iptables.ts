@@ -6,6 +6,7 @@
  */
 import type { Logger } from "../log.ts";
 import {
+  type DataplaneStatus,
   hex,
   type QueuedIPs,
   type RuleBackend,
@@ -15,12 +16,20 @@ import {
 import { type CommandRunner, denoCommandRunner, runChecked } from "./command.ts";
 import { ipsetName, IpsetSets } from "./ipset.ts";
 import type { IPFamily } from "../net/ip.ts";
-import { desiredMembers, QUEUE_SETS } from "./queue_sets.ts";
+import { desiredMembers, QUEUE_SETS, setDamage } from "./queue_sets.ts";
+import { iptablesDamage, readIptablesSave } from "./iptables_check.ts";
 
 export type IptablesFlavour = "nft" | "legacy";
 export const IPTABLES_FLAVOURS: readonly IptablesFlavour[] = ["nft", "legacy"];
 
 export const IPTABLES_CHAIN = "KUBE-NETPOL";
+/**
+ * An empty chain that records, in the kernel itself, that our install created the filter table
+ * (iptables-nft only: there a table is an nf_tables object that stays behind, empty, after our
+ * rules are gone). Uninstall deletes the table only when this marker is there and nothing else
+ * is, so a table that existed before us is never removed, even across agent restarts.
+ */
+export const TABLE_MARKER_CHAIN = "KUBE-NETPOL-OWNS-TABLE";
 /** The hooks we jump from; see docs/rules.md for why these two. */
 export const IPTABLES_HOOKS = ["INPUT", "FORWARD"] as const;
 const JUMP_SPEC = `-m comment --comment kube-netpol -j ${IPTABLES_CHAIN}`;
@@ -79,39 +88,50 @@ export function filterSection(saveText: string): string {
   return lines.slice(start, end < 0 ? undefined : end).join("\n");
 }
 
-function hasChain(saveText: string): boolean {
-  return saveText.split("\n").some((l) => l.startsWith(`:${IPTABLES_CHAIN} `));
+function hasChain(saveText: string, chain = IPTABLES_CHAIN): boolean {
+  return saveText.split("\n").some((l) => l.startsWith(`:${chain} `));
+}
+
+/** The first rule of `hook` in saved text, as printed. */
+function firstRule(saveText: string, hook: string): string | undefined {
+  return saveText.split("\n").find((l) => l.startsWith(`-A ${hook} `));
 }
 
 /**
  * `iptables-restore --noflush` input installing our chain atomically. Declaring the chain
- * creates it or empties it (only ours); a jump is inserted only where missing, and duplicates
- * (e.g. from a crashed older run) are removed, so installing twice changes nothing.
+ * creates it or empties it (only ours); a jump is inserted where missing or moved back to the top
+ * when another rule got above it, and duplicates (e.g. from a crashed older run) are removed, so
+ * installing twice changes nothing. `markTable`: the filter table does not exist yet, so this
+ * install creates it; the marker chain records that (see TABLE_MARKER_CHAIN).
  */
 export function renderIptablesInstall(
   opts: RuleOptions,
   family: IPFamily,
   saveText: string,
+  markTable = false,
 ): string {
   const lines = [
     "*filter",
     `:${IPTABLES_CHAIN} - [0:0]`,
+    ...(markTable ? [`:${TABLE_MARKER_CHAIN} - [0:0]`] : []),
     ...renderIptablesChainRules(opts, family),
   ];
   const jumps = findJumps(saveText);
   for (const hook of IPTABLES_HOOKS) {
     const present = jumps.filter((j) => j.startsWith(`-A ${hook} `));
-    if (present.length === 0) lines.push(`-I ${hook} 1 ${JUMP_SPEC}`);
-    for (const extra of present.slice(1)) lines.push("-D" + extra.slice(2));
+    const onTop = present.length > 0 && firstRule(saveText, hook) === present[0];
+    for (const extra of onTop ? present.slice(1) : present) lines.push("-D" + extra.slice(2));
+    if (!onTop) lines.push(`-I ${hook} 1 ${JUMP_SPEC}`);
   }
   lines.push("COMMIT", "");
   return lines.join("\n");
 }
 
-/** `iptables-restore --noflush` input removing our jumps and chain; undefined if none exist. */
+/** `iptables-restore --noflush` input removing our jumps and chains; undefined if none exist. */
 export function renderIptablesUninstall(saveText: string): string | undefined {
   const lines = findJumps(saveText).map((j) => "-D" + j.slice(2));
   if (hasChain(saveText)) lines.push(`-F ${IPTABLES_CHAIN}`, `-X ${IPTABLES_CHAIN}`);
+  if (hasChain(saveText, TABLE_MARKER_CHAIN)) lines.push(`-X ${TABLE_MARKER_CHAIN}`);
   if (lines.length === 0) return undefined;
   return ["*filter", ...lines, "COMMIT", ""].join("\n");
 }
@@ -123,6 +143,8 @@ const RESTORE_ARGS = ["--noflush", "--wait", "5"];
 export class IptablesBackend implements RuleBackend {
   readonly name: "iptables-nft" | "iptables-legacy";
   private readonly sets: IpsetSets;
+  /** Our chain's rules per family as the tool listed them right after install (counters cut). */
+  private installedRules = new Map<IPFamily, string[]>();
 
   constructor(
     readonly flavour: IptablesFlavour,
@@ -135,8 +157,13 @@ export class IptablesBackend implements RuleBackend {
     this.sets = new IpsetSets(run);
   }
 
-  private save(family: IPFamily): Promise<string> {
-    return runChecked(this.run, iptablesBinary(this.flavour, family, "save"), ["-t", "filter"]);
+  /** The filter table with packet counters (`-t filter`: cheap even beside kube-proxy's nat). */
+  private saveFilter(family: IPFamily): Promise<string> {
+    return runChecked(this.run, iptablesBinary(this.flavour, family, "save"), [
+      "-c",
+      "-t",
+      "filter",
+    ]);
   }
 
   private async restore(family: IPFamily, text: string): Promise<void> {
@@ -147,7 +174,13 @@ export class IptablesBackend implements RuleBackend {
     // Sets first: the rules reference them by name.
     await this.sets.create();
     for (const family of FAMILIES) {
-      await this.restore(family, renderIptablesInstall(this.opts, family, await this.save(family)));
+      // The full listing (not `-t filter`) tells whether the table exists: iptables-nft-save
+      // prints an empty filter table for `-t filter` even when there is none.
+      const all = await runChecked(this.run, iptablesBinary(this.flavour, family, "save"), []);
+      const filter = filterSection(all);
+      const markTable = this.flavour === "nft" && filter === "";
+      await this.restore(family, renderIptablesInstall(this.opts, family, filter, markTable));
+      this.installedRules.set(family, readIptablesSave(await this.saveFilter(family)).chainRules);
     }
   }
 
@@ -158,13 +191,27 @@ export class IptablesBackend implements RuleBackend {
     return await this.sets.sync(members);
   }
 
+  async check(synced: QueuedIPs | undefined): Promise<DataplaneStatus> {
+    const status: DataplaneStatus = { damage: [], queueRulePackets: 0 };
+    for (const family of FAMILIES) {
+      const view = readIptablesSave(await this.saveFilter(family));
+      status.damage.push(...iptablesDamage(family, view, this.installedRules.get(family) ?? []));
+      status.queueRulePackets! += view.queuePackets;
+    }
+    status.damage.push(...setDamage(await this.sets.list(), synced));
+    return status;
+  }
+
   async uninstall(): Promise<void> {
     await removeIptablesRules(this.flavour, this.run);
     await this.sets.destroy();
   }
 }
 
-/** Remove our jumps and chain from both families of one flavour; true if anything was removed. */
+/**
+ * Remove our jumps and chains from both families of one flavour, and a filter table our install
+ * created once nothing else is in it; true if anything was removed.
+ */
 export async function removeIptablesRules(
   flavour: IptablesFlavour,
   run: CommandRunner,
@@ -173,10 +220,49 @@ export async function removeIptablesRules(
   for (const family of FAMILIES) {
     const saved = await run.run(iptablesBinary(flavour, family, "save"), []);
     if (saved.code !== 0) continue; // flavour not installed: nothing of ours
-    const text = renderIptablesUninstall(filterSection(saved.stdout));
+    const filter = filterSection(saved.stdout);
+    const text = renderIptablesUninstall(filter);
     if (text === undefined) continue;
     await runChecked(run, iptablesBinary(flavour, family, "restore"), RESTORE_ARGS, text);
     removed = true;
+    if (flavour === "nft" && hasChain(filter, TABLE_MARKER_CHAIN)) {
+      await removeTableIfEmpty(family, run);
+    }
   }
   return removed;
+}
+
+/** iptables-nft's filter table of one family, by its nf_tables name. */
+function nftFilterTable(family: IPFamily): [string, string] {
+  return [family === 4 ? "ip" : "ip6", "filter"];
+}
+
+/**
+ * True when `nft -j list table` output holds nothing but the built-in INPUT/FORWARD/OUTPUT chains
+ * with policy accept: no rule, no other chain, set, map or object.
+ */
+export function nftTableIsEmpty(json: string): boolean {
+  const doc = JSON.parse(json) as { nftables?: Array<Record<string, unknown>> };
+  for (const item of doc.nftables ?? []) {
+    const [kind] = Object.keys(item);
+    if (kind === "metainfo" || kind === "table") continue;
+    if (kind !== "chain") return false;
+    const chain = item.chain as { name?: string; hook?: string; policy?: string };
+    if (!["INPUT", "FORWARD", "OUTPUT"].includes(chain.name ?? "")) return false;
+    if (chain.policy !== undefined && chain.policy !== "accept") return false;
+  }
+  return true;
+}
+
+/**
+ * Delete the filter table our install created (the marker said so) if it is empty now. Another
+ * component may have put rules in it meanwhile: then it stays. The listing and the delete are two
+ * commands, so a rule added in the few milliseconds between them would go too; nft offers no
+ * "delete if empty".
+ */
+async function removeTableIfEmpty(family: IPFamily, run: CommandRunner): Promise<void> {
+  const table = nftFilterTable(family);
+  const listed = await run.run("nft", ["-j", "list", "table", ...table]);
+  if (listed.code !== 0 || !nftTableIsEmpty(listed.stdout)) return;
+  await runChecked(run, "nft", ["delete", "table", ...table]);
 }

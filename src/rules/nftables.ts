@@ -9,6 +9,8 @@
  */
 import type { Logger } from "../log.ts";
 import {
+  type Damage,
+  type DataplaneStatus,
   hex,
   type QueuedIPs,
   type RuleBackend,
@@ -16,7 +18,7 @@ import {
   validateRuleOptions,
 } from "./backend.ts";
 import { type CommandRunner, denoCommandRunner, runChecked } from "./command.ts";
-import { desiredMembers, diffMembers, QUEUE_SETS } from "./queue_sets.ts";
+import { desiredMembers, diffMembers, QUEUE_SETS, setDamage } from "./queue_sets.ts";
 
 export const NFT_TABLE = "inet kube-netpol";
 const JUDGE = "judge";
@@ -54,7 +56,8 @@ export function renderNftInstall(opts: RuleOptions): string {
     `${s.family === 4 ? "ip" : "ip6"} ${s.direction === "ingress" ? "daddr" : "saddr"} @${s.name}`;
   // Packets conntrack cannot place are never queued: drop them where the pod is isolated.
   for (const s of QUEUE_SETS) lines.push(rule(`ct state invalid ${match(s)} drop`));
-  for (const s of QUEUE_SETS) lines.push(rule(`${isNew} ${match(s)} ${queue}`));
+  // The counter lets the dataplane check count packets the kernel let through unjudged.
+  for (const s of QUEUE_SETS) lines.push(rule(`${isNew} ${match(s)} counter ${queue}`));
   for (const b of BASE_CHAINS) {
     lines.push(
       `add chain ${NFT_TABLE} ${b.name} { type filter hook ${b.hook} priority filter - 10; policy accept; }`,
@@ -96,6 +99,70 @@ export function parseNftSetMembers(json: string): Map<string, string[]> {
   return members;
 }
 
+/** Our chains and rules in `nft -j list table` output, comparable across listings. */
+export interface NftView {
+  sets: Map<string, string[]>;
+  /** Chain name -> its definition (type, hook, priority, policy) as JSON text. */
+  chains: Map<string, string>;
+  /** Chain name -> its rules as JSON text, handles dropped and counter values zeroed. */
+  rules: Map<string, string[]>;
+  /** Packets counted by the rules that queue. */
+  queuePackets: number;
+}
+
+export function readNftTable(json: string): NftView {
+  const view: NftView = {
+    sets: parseNftSetMembers(json),
+    chains: new Map(),
+    rules: new Map(),
+    queuePackets: 0,
+  };
+  const doc = JSON.parse(json) as { nftables?: Array<Record<string, unknown>> };
+  for (const item of doc.nftables ?? []) {
+    if (item.chain) {
+      const { name, type, hook, prio, policy } = item.chain as Record<string, unknown>;
+      view.chains.set(String(name), JSON.stringify({ type, hook, prio, policy }));
+      if (!view.rules.has(String(name))) view.rules.set(String(name), []);
+    }
+    const rule = item.rule as { chain?: string; expr?: Array<Record<string, unknown>> } | undefined;
+    if (!rule?.chain) continue;
+    const expr = rule.expr ?? [];
+    let packets = 0;
+    const shape = expr.map((e) => {
+      if (!("counter" in e)) return e;
+      packets += Number((e.counter as { packets?: number } | null)?.packets ?? 0);
+      return { counter: null };
+    });
+    if (expr.some((e) => "queue" in e)) view.queuePackets += packets;
+    const list = view.rules.get(rule.chain) ?? [];
+    list.push(JSON.stringify(shape));
+    view.rules.set(rule.chain, list);
+  }
+  return view;
+}
+
+/** What differs between `now` and `installed` (both read with readNftTable). */
+export function nftDamage(now: NftView, installed: NftView): Damage[] {
+  const damage: Damage[] = [];
+  for (const [name, def] of installed.chains) {
+    const have = now.chains.get(name);
+    if (have === undefined) {
+      damage.push({ reason: "chain", detail: `nft chain ${name} missing` });
+      continue;
+    }
+    const want = installed.rules.get(name) ?? [];
+    const rules = now.rules.get(name) ?? [];
+    if (have !== def || rules.join("\n") !== want.join("\n")) {
+      // The base chains hold only the jump to our judge chain.
+      damage.push({
+        reason: name === JUDGE ? "rules" : "jump",
+        detail: `nft chain ${name} differs from what was installed`,
+      });
+    }
+  }
+  return damage;
+}
+
 export class NftablesBackend implements RuleBackend {
   readonly name = "nftables";
 
@@ -107,16 +174,37 @@ export class NftablesBackend implements RuleBackend {
     validateRuleOptions(opts);
   }
 
+  /** Our table as listed right after install: what check() compares with. */
+  private installed?: NftView;
+
+  private list(): Promise<string> {
+    return runChecked(this.run, "nft", ["-j", "list", "table", ...NFT_TABLE.split(" ")]);
+  }
+
   async install(): Promise<void> {
     await runChecked(this.run, "nft", ["-f", "-"], renderNftInstall(this.opts));
+    this.installed = readNftTable(await this.list());
+  }
+
+  async check(synced: QueuedIPs | undefined): Promise<DataplaneStatus> {
+    const listed = await this.run.run("nft", ["-j", "list", "table", ...NFT_TABLE.split(" ")]);
+    if (listed.code !== 0) {
+      return { damage: [{ reason: "table", detail: `nft table ${NFT_TABLE} missing` }] };
+    }
+    const now = readNftTable(listed.stdout);
+    return {
+      damage: [
+        ...(this.installed ? nftDamage(now, this.installed) : []),
+        ...setDamage(now.sets, synced),
+      ],
+      queueRulePackets: now.queuePackets,
+    };
   }
 
   async sync(ips: QueuedIPs): Promise<{ added: number; removed: number }> {
     const { members, invalid } = desiredMembers(ips);
     if (invalid.length) this.log?.warn("not queuing invalid pod IPs", { ips: invalid });
-    const installed = parseNftSetMembers(
-      await runChecked(this.run, "nft", ["-j", "list", "table", ...NFT_TABLE.split(" ")]),
-    );
+    const installed = parseNftSetMembers(await this.list());
     const diffs = new Map<string, { add: string[]; del: string[] }>();
     let added = 0;
     let removed = 0;

@@ -2,7 +2,7 @@
  * The four queue sets (ingress/egress x IPv4/IPv6) and the member diff both backends apply.
  * Pure: no commands run here.
  */
-import type { QueuedIPs } from "./backend.ts";
+import type { Damage, QueuedIPs } from "./backend.ts";
 import { canonicalIP, formatIP, type IPFamily, parseIP } from "../net/ip.ts";
 
 export type Direction = "ingress" | "egress";
@@ -66,4 +66,33 @@ export function diffMembers(desired: readonly string[], installed: readonly stri
   const del: string[] = [];
   for (const [key, ip] of installedByKey) if (!desiredKeys.has(key)) del.push(ip);
   return { add, del };
+}
+
+/**
+ * Damage to the queue sets for the dataplane check: `present` maps each of our sets found in the
+ * kernel (short name) to its members; `synced` is what the last successful sync installed
+ * (member comparison skipped when undefined).
+ */
+export function setDamage(
+  present: ReadonlyMap<string, readonly string[]>,
+  synced: QueuedIPs | undefined,
+): Damage[] {
+  const damage: Damage[] = [];
+  const want = synced ? desiredMembers(synced).members : undefined;
+  for (const s of QUEUE_SETS) {
+    const members = present.get(s.name);
+    if (!members) {
+      damage.push({ reason: "set", detail: `set ${s.name} missing` });
+      continue;
+    }
+    if (!want) continue;
+    const diff = diffMembers(want.get(s.name) ?? [], members);
+    if (diff.add.length || diff.del.length) {
+      damage.push({
+        reason: "members",
+        detail: `set ${s.name}: ${diff.add.length} members missing, ${diff.del.length} unexpected`,
+      });
+    }
+  }
+  return damage;
 }

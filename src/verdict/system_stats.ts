@@ -32,15 +32,30 @@ export interface SystemStats {
 
 const errorText = (e: unknown) => e instanceof Error ? e.message : String(e);
 
-/** One reading of every source; a failing source is reported and the others still read. */
-export function readSystemStats(queueId: number, proc: ProcReader): SystemStats {
+/**
+ * One reading of the sources asked for; a failing source is reported and the others still read.
+ */
+export function readSystemStats(
+  queueId: number,
+  proc: ProcReader,
+  sources: { nfqueue: boolean; process: boolean } = { nfqueue: true, process: true },
+): SystemStats {
   const out: SystemStats = { errors: [] };
+  if (sources.nfqueue) readNfqueue(queueId, proc, out);
+  if (sources.process) readProcess(proc, out);
+  return out;
+}
+
+function readNfqueue(queueId: number, proc: ProcReader, out: SystemStats): void {
   try {
     out.nfqueue = parseNfqueueStats(proc.readText(NFQUEUE_PROC_PATH))
       .filter((s) => s.queue === queueId); // other agents' queues on the node are not ours
   } catch (e) {
     out.errors.push({ source: "nfqueue", error: errorText(e) });
   }
+}
+
+function readProcess(proc: ProcReader, out: SystemStats): void {
   try {
     out.process = processStats({
       stat: proc.readText("/proc/self/stat"),
@@ -54,7 +69,6 @@ export function readSystemStats(queueId: number, proc: ProcReader): SystemStats 
   } catch (e) {
     out.errors.push({ source: "process", error: errorText(e) });
   }
-  return out;
 }
 
 /**
@@ -63,19 +77,30 @@ export function readSystemStats(queueId: number, proc: ProcReader): SystemStats 
  * timers late and irregularly.
  */
 export class SystemStatsReader {
-  private next = -Infinity;
+  private nextQueue = -Infinity;
+  private nextProcess = -Infinity;
 
+  /**
+   * @param queueIntervalMs the queue counters: often, because counting packets let through
+   *   unjudged (src/rules/unjudged.ts) needs a reading newer than the rule counters it reads, and
+   *   it is one small file.
+   * @param processIntervalMs the process metrics: a few files and the fd directory.
+   */
   constructor(
     private readonly queueId: number,
     private readonly report: (stats: SystemStats) => void,
     private readonly proc: ProcReader = LIBC_PROC_READER,
-    private readonly intervalMs = 5000,
+    private readonly queueIntervalMs = 100,
+    private readonly processIntervalMs = 5000,
   ) {}
 
-  /** Reads and reports when due (the first call always is); cheap otherwise. */
+  /** Reads and reports what is due (the first call reads everything); cheap otherwise. */
   poll(now: number): void {
-    if (now < this.next) return;
-    this.next = now + this.intervalMs;
-    this.report(readSystemStats(this.queueId, this.proc));
+    const nfqueue = now >= this.nextQueue;
+    const process = now >= this.nextProcess;
+    if (!nfqueue && !process) return;
+    if (nfqueue) this.nextQueue = now + this.queueIntervalMs;
+    if (process) this.nextProcess = now + this.processIntervalMs;
+    this.report(readSystemStats(this.queueId, this.proc, { nfqueue, process }));
   }
 }

@@ -20,7 +20,7 @@ import {
   type VerdictRecord,
 } from "./verdict_protocol.ts";
 import { recordSnapshot } from "./verdict_stats.ts";
-import { recordNfqueueStats } from "./nfqueue_stats.ts";
+import { type NfqueueStats, recordNfqueueStats } from "./nfqueue_stats.ts";
 import { recordProcessStats } from "./process_stats.ts";
 import type { SystemStats, SystemStatsSource } from "./system_stats.ts";
 import { type SpawnedVerdictWorker, spawnVerdictWorker } from "./worker_spawn.ts";
@@ -41,6 +41,8 @@ export class VerdictLoop {
   private dead = false;
   /** /proc sources whose failure was logged (once each; recovery is logged too). */
   private readonly failingSources = new Set<SystemStatsSource>();
+  /** The latest counters of our queue from /proc and when they arrived (performance.now()). */
+  latestQueue?: { stats: NfqueueStats; at: number };
 
   private constructor(
     private readonly worker: Worker,
@@ -137,7 +139,11 @@ export class VerdictLoop {
   }
 
   private onSystemStats(s: SystemStats): void {
-    if (s.nfqueue) recordNfqueueStats(this.metrics, s.nfqueue);
+    if (s.nfqueue) {
+      recordNfqueueStats(this.metrics, s.nfqueue);
+      const ours = s.nfqueue[0];
+      if (ours) this.latestQueue = { stats: ours, at: performance.now() };
+    }
     if (s.process) recordProcessStats(this.metrics, s.process);
     const failed = new Set(s.errors.map((e) => e.source));
     for (const { source, error } of s.errors) {
