@@ -1,26 +1,28 @@
 /**
- * Time as the agent's timing logic sees it (rule sync coalescing and retries, the dataplane check,
- * informer restart backoff, the watch stall watchdog). Production uses the real clock; tests pass
- * a manual one (tests/support/manual_clock.ts) and move time forward themselves, so backoffs and
- * stall thresholds of a minute are tested in microseconds and without wall-time margins.
+ * Time as the agent's timing logic sees it: rule sync coalescing and retries, the dataplane check,
+ * informer restart backoff, the watch stall watchdog, the manifest debounce and settle periods.
+ * Production uses the real clock; tests pass a manual one (tests/support/manual_clock.ts) and move
+ * time forward themselves, so a minute of backoff is tested in microseconds, without wall-time
+ * margins.
  */
 
-/** An opaque timer handle from `Clock.setTimeout`. */
-export type TimerHandle = { readonly timer: unknown };
+/** Whatever a Clock's setTimeout returns; only its clearTimeout understands it. */
+export type TimerHandle = unknown;
 
 export interface Clock {
   /** Milliseconds since the epoch (wall time: also used for exported timestamps). */
   now(): number;
-  setTimeout(fn: () => void, ms: number): TimerHandle;
+  /** Run `fn` once after `ms`. What `fn` returns is ignored by real timers (a test clock awaits it). */
+  setTimeout(fn: () => unknown, ms: number): TimerHandle;
   /** Accepts undefined and handles that already fired. */
   clearTimeout(handle: TimerHandle | undefined): void;
 }
 
 export const realClock: Clock = {
   now: () => Date.now(),
-  setTimeout: (fn, ms) => ({ timer: setTimeout(fn, ms) }),
+  setTimeout: (fn, ms) => setTimeout(fn, ms),
   clearTimeout: (h) => {
-    if (h) clearTimeout(h.timer as ReturnType<typeof setTimeout>);
+    if (h !== undefined) clearTimeout(h as ReturnType<typeof setTimeout>);
   },
 };
 

@@ -1,6 +1,11 @@
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { loadManifests } from "../src/manifests/load.ts";
+import {
+  listManifestFiles,
+  loadManifests,
+  parseManifestText,
+  readManifestFile,
+} from "../src/manifests/load.ts";
 import { PolicyEngine } from "../src/policy/engine.ts";
 import { applyEvent } from "../src/state/apply.ts";
 import { formatObjectError, type ObjectError } from "../src/policy/types.ts";
@@ -64,7 +69,10 @@ Deno.test("load: a directory is read recursively, sorted, .yaml/.yml/.json only,
   // PodList items carry no kind; the list's kind implies it.
   assert.equal(r.objects[2]!.object.kind, "Pod");
   assert.equal(r.notices.length, 1);
-  assert.match(r.notices[0]!, /deny-all\.yaml#doc 2: skipped Deployment web \(only Namespace/);
+  assert.match(
+    r.notices[0]!,
+    /deny-all\.yaml#doc 2: skipped apps\/v1 Deployment web \(only Namespace/,
+  );
 });
 
 Deno.test("load: fixture objects drive the engine end to end", async () => {
@@ -165,7 +173,7 @@ items:
       `${file}#items[1]: Pod <unnamed>: items[1].metadata.name: is required`,
     ]);
     assert.deepEqual(r.notices, [
-      `${file}#items[3]: skipped Service svc (only Namespace, Pod and NetworkPolicy are read)`,
+      `${file}#items[3]: skipped v1 Service svc (only Namespace, Pod and NetworkPolicy are read)`,
     ]);
   });
 });
@@ -236,5 +244,100 @@ Deno.test("load: empty documents and comment-only files are fine", async () => {
     const r = await loadManifests([dir]);
     assert.deepEqual(r.errors, []);
     assert.deepEqual(ids(r.objects), ["Namespace a"]);
+  });
+});
+
+Deno.test("load: a mistyped kind or apiVersion is an error that marks its file incomplete", () => {
+  const file = "/m/p.yaml";
+  const r = parseManifestText(
+    file,
+    [
+      "apiVersion: networking.k8s.oi/v1\nkind: NetworkPolicy\nmetadata: {name: a, namespace: x}",
+      "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicies\nmetadata: {name: b, namespace: x}",
+      "apiVersion: v1\nkind: NetworkPolicy\nmetadata: {name: c, namespace: x}",
+      "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: d, namespace: x}",
+    ].join("\n---\n"),
+  );
+  assert.deepEqual(lines(r.errors), [
+    `${file}#doc 1: NetworkPolicy a: apiVersion: networking.k8s.oi/v1 is not an apiVersion of NetworkPolicy; did you mean networking.k8s.io/v1?`,
+    `${file}#doc 2: NetworkPolicies b: kind: NetworkPolicies is not a kind kube-netpol reads; did you mean NetworkPolicy?`,
+    `${file}#doc 3: NetworkPolicy c: apiVersion: v1 is not an apiVersion of NetworkPolicy, use networking.k8s.io/v1`,
+  ]);
+  assert.deepEqual(ids(r.objects), ["NetworkPolicy x/d"]);
+  assert.equal(r.incomplete, true);
+  assert.equal(r.status, "read");
+});
+
+Deno.test("load: skipped documents keep their names; a skipped one without a name is an error", () => {
+  const file = "/m/mixed.yaml";
+  const r = parseManifestText(
+    file,
+    "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n---\n" +
+      "apiVersion: crd.projectcalico.org/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\n",
+  );
+  assert.deepEqual(r.errors, []);
+  assert.equal(r.incomplete, false);
+  assert.deepEqual(r.skipped, [
+    { source: `${file}#doc 1`, kind: "Deployment", what: "apps/v1 Deployment", name: "web" },
+    {
+      source: `${file}#doc 2`,
+      kind: "NetworkPolicy",
+      what: "crd.projectcalico.org/v1 NetworkPolicy",
+      name: "p",
+    },
+  ]);
+  const unnamed = parseManifestText(file, "apiVersion: apps/v1\nkind: Deployment\nspec: {}\n");
+  assert.deepEqual(lines(unnamed.errors), [
+    `${file}: apps/v1 Deployment <unnamed>: metadata.name: is required`,
+  ]);
+  assert.equal(unnamed.incomplete, true);
+});
+
+Deno.test("load: paths that exist but cannot be listed are reported as unreadable", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.writeTextFile(`${dir}/ok.yaml`, "kind: Namespace\nmetadata: {name: ok}\n");
+    await symlink(`${dir}/loop.yaml`, `${dir}/loop.yaml`);
+    await symlink(`${dir}/nowhere.yaml`, `${dir}/dangling.yaml`);
+    const listing = await listManifestFiles([dir, `${dir}/not-there`]);
+    assert.deepEqual(listing.files, [`${dir}/ok.yaml`]);
+    // A missing path the user named is an error, but nothing stood there: not "unreadable".
+    assert.deepEqual(listing.unreadable, [`${dir}/dangling.yaml`, `${dir}/loop.yaml`]);
+    assert.deepEqual(listing.errors.map((e) => e.source), [
+      `${dir}/dangling.yaml`,
+      `${dir}/loop.yaml`,
+      `${dir}/not-there`,
+    ]);
+    assert.match(listing.errors[1]!.message, /symbolic links/);
+    // loadManifests reports them too.
+    const r = await loadManifests([dir]);
+    assert.equal(r.errors.length, 2);
+  });
+});
+
+Deno.test("load: a file read as a directory or not at all says why", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.mkdir(`${dir}/p.yaml`);
+    const asDir = await readManifestFile(`${dir}/p.yaml`);
+    assert.equal(asDir.status, "unreadable");
+    assert.equal(asDir.incomplete, true);
+    assert.equal(asDir.errors.length, 1);
+    const missing = await readManifestFile(`${dir}/gone.yaml`);
+    assert.equal(missing.status, "missing");
+    assert.equal(missing.incomplete, false);
+  });
+});
+
+Deno.test("load: duplicates across files keep the first, in file order", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.writeTextFile(`${dir}/a.yaml`, "kind: Namespace\nmetadata: {name: n}\n");
+    await Deno.writeTextFile(
+      `${dir}/b.yaml`,
+      "kind: List\nitems:\n- {kind: Namespace, metadata: {name: n, labels: {b: x}}}\n",
+    );
+    const r = await loadManifests([dir]);
+    assert.deepEqual(ids(r.objects), ["Namespace n"]);
+    assert.deepEqual(lines(r.errors), [
+      `${dir}/b.yaml#items[0]: Namespace n: items[0].metadata.name: duplicate of ${dir}/a.yaml; this copy is ignored`,
+    ]);
   });
 });

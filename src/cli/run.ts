@@ -252,7 +252,8 @@ export class Agent {
         policies: this.engine.policyKeys(),
         generation: this.engine.generation,
         rulesSyncedGeneration: this.rules?.syncedGeneration ?? -1,
-        invalid: [...this.invalid.values()].flat().map(formatObjectError),
+        invalid: [...this.invalid.values()].flat().concat(this.source?.errors?.() ?? [])
+          .map(formatObjectError),
       }),
     }, log);
 
@@ -350,7 +351,8 @@ export class Agent {
   private refreshGauges(): void {
     const s = this.engine.stats();
     this.metrics.policies.set(s.policies);
-    this.metrics.invalidObjects.set(this.invalid.size);
+    // Objects the engine rejected, plus those the source could not even read or recognise.
+    this.metrics.invalidObjects.set(this.invalid.size + (this.source?.errors?.().length ?? 0));
   }
 
   private liveness(): { ok: boolean; detail: string } {

@@ -2,6 +2,7 @@
  * A source of cluster state: the Kubernetes informers or a manifest directory. Both deliver the
  * same StateEvent stream, so everything downstream is identical with or without a cluster.
  */
+import type { ObjectError } from "../policy/types.ts";
 import type { StateEvent } from "./events.ts";
 
 export interface SourceHealth {
@@ -16,6 +17,8 @@ export interface ClusterSource {
   /** True once the first complete view of every kind has been delivered (nothing judged before). */
   synced(): boolean;
   health(): SourceHealth;
+  /** Objects the source could not deliver (unreadable, unrecognised): counted as invalid. */
+  errors?(): ObjectError[];
   /** Stop watching; idempotent. */
   stop(): Promise<void>;
 }

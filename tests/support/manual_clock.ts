@@ -1,22 +1,23 @@
 /**
  * A Clock whose time moves only when a test says so. `advance(ms)` runs every timer that falls due
  * in order, each at its own due time (a timer set by a callback runs too if it falls due within
- * the advance), then yields to pending promise jobs so async work started by a timer can go on.
+ * the advance; ties run in the order they were set), awaits what the timer returns, then lets
+ * pending promise jobs run, so async work a timer started has gone on when `advance` returns.
  */
 import type { Clock, TimerHandle } from "../../src/clock.ts";
 
 interface Pending {
   at: number;
   seq: number;
-  fn: () => void;
-  handle: TimerHandle;
+  fn: () => unknown;
 }
 
 export class ManualClock implements Clock {
   private t: number;
   private seq = 0;
-  private pending: Pending[] = [];
+  private readonly pendingTimers = new Map<number, Pending>();
 
+  /** `start`: the first now(); wall-time-like by default, 0 where tests read offsets. */
   constructor(start = 1_700_000_000_000) {
     this.t = start;
   }
@@ -25,19 +26,24 @@ export class ManualClock implements Clock {
     return this.t;
   }
 
-  setTimeout(fn: () => void, ms: number): TimerHandle {
-    const handle: TimerHandle = { timer: ++this.seq };
-    this.pending.push({ at: this.t + Math.max(0, ms), seq: this.seq, fn, handle });
-    return handle;
+  setTimeout(fn: () => unknown, ms: number): TimerHandle {
+    const seq = ++this.seq;
+    this.pendingTimers.set(seq, { at: this.t + Math.max(0, ms), seq, fn });
+    return seq;
   }
 
   clearTimeout(handle: TimerHandle | undefined): void {
-    if (handle) this.pending = this.pending.filter((p) => p.handle !== handle);
+    if (typeof handle === "number") this.pendingTimers.delete(handle);
   }
 
   /** Timers not yet fired. */
   get timers(): number {
-    return this.pending.length;
+    return this.pendingTimers.size;
+  }
+
+  /** Timers waiting to fire, as delays from now, shortest first. */
+  pending(): number[] {
+    return [...this.pendingTimers.values()].map((p) => p.at - this.t).sort((a, b) => a - b);
   }
 
   /** Milliseconds until the next timer, or undefined when none is set. */
@@ -52,9 +58,9 @@ export class ManualClock implements Clock {
     for (;;) {
       const next = this.earliest();
       if (!next || next.at > target) break;
-      this.pending = this.pending.filter((p) => p !== next);
+      this.pendingTimers.delete(next.seq);
       this.t = next.at;
-      next.fn();
+      await next.fn();
       await flushJobs();
     }
     this.t = target;
@@ -63,7 +69,7 @@ export class ManualClock implements Clock {
 
   private earliest(): Pending | undefined {
     let best: Pending | undefined;
-    for (const p of this.pending) {
+    for (const p of this.pendingTimers.values()) {
       if (!best || p.at < best.at || (p.at === best.at && p.seq < best.seq)) best = p;
     }
     return best;
