@@ -9,12 +9,20 @@
  * upsertPod return ObjectErrors), so both the agent and `simulate` report the same problems.
  */
 import { parseAllDocuments } from "yaml";
-import type { Namespace, NetworkPolicy, ObjectError, ObjectKind, Pod } from "../policy/types.ts";
+import type {
+  ClusterPolicyObject,
+  Namespace,
+  NetworkPolicy,
+  Node,
+  ObjectError,
+  Pod,
+  StateObjectKind,
+} from "../policy/types.ts";
 
-export type ManifestObject = Pod | Namespace | NetworkPolicy;
+export type ManifestObject = Pod | Namespace | NetworkPolicy | Node | ClusterPolicyObject;
 
 export interface LoadedObject {
-  kind: ObjectKind;
+  kind: StateObjectKind;
   object: ManifestObject;
   /** File path, plus `#doc N` (1-based) in a multi-document file and `#items[i]` in a list. */
   source: string;
@@ -41,15 +49,23 @@ export interface LoadResult {
 export const MANIFEST_EXTENSIONS = [".yaml", ".yml", ".json"];
 
 /** apiVersion group each kind must come from ("" is the core group, written plain "v1"). */
-const KINDS: Record<ObjectKind, { group: string; version: string }> = {
+const KINDS: Record<StateObjectKind, { group: string; version: string }> = {
   Namespace: { group: "", version: "v1" },
   Pod: { group: "", version: "v1" },
   NetworkPolicy: { group: "networking.k8s.io", version: "v1" },
+  Node: { group: "", version: "v1" },
+  ClusterNetworkPolicy: { group: "policy.networking.k8s.io", version: "v1alpha2" },
+  AdminNetworkPolicy: { group: "policy.networking.k8s.io", version: "v1alpha1" },
+  BaselineAdminNetworkPolicy: { group: "policy.networking.k8s.io", version: "v1alpha1" },
 };
-const NAMESPACED: Record<ObjectKind, boolean> = {
+const NAMESPACED: Record<StateObjectKind, boolean> = {
   Namespace: false,
   Pod: true,
   NetworkPolicy: true,
+  Node: false,
+  ClusterNetworkPolicy: false,
+  AdminNetworkPolicy: false,
+  BaselineAdminNetworkPolicy: false,
 };
 const MAX_LIST_NESTING = 4;
 
@@ -59,7 +75,7 @@ function isObject(v: unknown): v is Json {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 
-function isKind(k: string): k is ObjectKind {
+function isKind(k: string): k is StateObjectKind {
   return Object.hasOwn(KINDS, k);
 }
 
@@ -357,8 +373,8 @@ export async function loadManifests(paths: string[]): Promise<LoadResult> {
   };
 }
 
-/** `Kind namespace/name` (or `Namespace name`): the identity sources diff on. */
+/** `Kind namespace/name` (or `Kind name` when cluster-scoped): the identity sources diff on. */
 export function objectKey(o: LoadedObject): string {
   const m = o.object.metadata;
-  return o.kind === "Namespace" ? `Namespace ${m.name}` : `${o.kind} ${m.namespace}/${m.name}`;
+  return NAMESPACED[o.kind] ? `${o.kind} ${m.namespace}/${m.name}` : `${o.kind} ${m.name}`;
 }

@@ -5,7 +5,7 @@
  * rules see exactly what an informer would have sent.
  */
 import type { Logger } from "../log.ts";
-import { formatObjectError, type ObjectError, type ObjectKind } from "../policy/types.ts";
+import { formatObjectError, type ObjectError, type StateObjectKind } from "../policy/types.ts";
 import type { StateEvent } from "../state/events.ts";
 import type { ClusterSource, SourceHealth } from "../state/source.ts";
 import { type LoadedObject, loadManifests, type LoadResult, objectKey } from "./load.ts";
@@ -29,7 +29,15 @@ interface Known {
 }
 
 /** Namespaces first so pods and policies land in a known namespace; deletes go the other way. */
-const KIND_ORDER: ObjectKind[] = ["Namespace", "Pod", "NetworkPolicy"];
+const KIND_ORDER: StateObjectKind[] = [
+  "Namespace",
+  "Node",
+  "Pod",
+  "NetworkPolicy",
+  "ClusterNetworkPolicy",
+  "AdminNetworkPolicy",
+  "BaselineAdminNetworkPolicy",
+];
 
 /** JSON with object keys sorted, so reordering keys in a file is not a change. */
 export function canonicalJSON(value: unknown): string {
@@ -52,7 +60,7 @@ function deletion(o: LoadedObject): StateEvent {
     : { op: "delete", kind: o.kind, namespace: m.namespace, name: m.name! };
 }
 
-function byKind(objects: LoadedObject[], order: ObjectKind[]): LoadedObject[] {
+function byKind(objects: LoadedObject[], order: StateObjectKind[]): LoadedObject[] {
   return order.flatMap((k) => objects.filter((o) => o.kind === k));
 }
 

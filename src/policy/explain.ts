@@ -39,7 +39,7 @@ function describeOwnReason(reason: DirectionReason): string {
     case "default-allowed":
       return `${reason.pod}: no rule of ${
         reason.consulted.join(", ")
-      } decided and no NetworkPolicy isolates it (allowed by default)`;
+      } matched and no NetworkPolicy isolates it (allowed by default)`;
   }
 }
 
