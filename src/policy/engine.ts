@@ -68,7 +68,11 @@ class VerdictContext implements TierPeerContext {
   }
 }
 
-/** A pod's Admin and Baseline tier policies for one direction, in tier order. */
+/**
+ * A pod's Admin and Baseline tier policies for one direction, in tier order. Shared by every pod
+ * whose subjects select the same policies (see tierViewFor), so the tables and their per-identity
+ * memos are built once and warmed by all those pods' traffic.
+ */
 interface TierView {
   admin: CompiledClusterPolicy[];
   baseline: CompiledClusterPolicy[];
@@ -111,7 +115,7 @@ interface PodEntry {
   egressTable?: RuleTable;
   /** Interned (namespace, namespace labels, pod labels): pods alike to every selector. */
   identity: number;
-  /** Every Admin/Baseline policy whose subject selects the pod (never for hostNetwork pods). */
+  /** Every Admin/Baseline policy whose subject selects the pod, in tier order (never for hostNetwork pods). */
   tierPolicies: CompiledClusterPolicy[];
   ingressTiers: TierView;
   egressTiers: TierView;
@@ -152,6 +156,13 @@ export class PolicyEngine {
   private readonly clusterPolicies = new Map<string, CompiledClusterPolicy>();
   /** Policy key -> the pods its subject selects. */
   private readonly clusterSubjects = new Map<string, Set<PodEntry>>();
+  /** Shared tier views by direction and policy versions; emptied when a cluster policy changes. */
+  private readonly tierViews = new Map<string, TierView>();
+  /** [ingress, egress] views by the versions of a pod's tierPolicies: pods alike share the work. */
+  private readonly tierViewPairs = new Map<string, [TierView, TierView]>();
+  /** A number per compiled policy version, for tierViews keys. */
+  private readonly policyVersions = new WeakMap<CompiledClusterPolicy, number>();
+  private policyVersionSeq = 0;
   private readonly nodes = new NodeIndex();
   private readonly ctx = new VerdictContext(
     (ns) => this.namespaceLabels(ns),
@@ -650,6 +661,9 @@ export class PolicyEngine {
     const { policy, errors } = compileClusterPolicy(kind, obj, source);
     if (!policy) return errors;
     this.removeClusterPolicy(policy.key);
+    this.tierViews.clear();
+    this.tierViewPairs.clear();
+    this.policyVersions.set(policy, ++this.policyVersionSeq);
     this.clusterPolicies.set(policy.key, policy);
     const selected = new Set<PodEntry>();
     this.clusterSubjects.set(policy.key, selected);
@@ -659,7 +673,7 @@ export class PolicyEngine {
         if (pod.hostNetwork || (policy.subjectPods && !policy.subjectPods.matches(pod.labels))) {
           continue;
         }
-        pod.tierPolicies.push(policy);
+        insertInTierOrder(pod.tierPolicies, policy);
         selected.add(pod);
         this.rebuildTiers(pod);
       }
@@ -676,6 +690,10 @@ export class PolicyEngine {
     const old = this.clusterPolicies.get(key);
     if (!old) return false;
     this.clusterPolicies.delete(key);
+    // Views holding the old version must not be handed to other pods (pods keep theirs until
+    // re-selected; a view never changes).
+    this.tierViews.clear();
+    this.tierViewPairs.clear();
     for (const pod of this.clusterSubjects.get(key) ?? []) {
       pod.tierPolicies = pod.tierPolicies.filter((p) => p !== old);
       this.rebuildTiers(pod);
@@ -696,15 +714,43 @@ export class PolicyEngine {
         pod.tierPolicies.push(policy);
         this.clusterSubjects.get(policy.key)?.add(pod);
       }
+      pod.tierPolicies.sort(tierOrder);
     }
     this.rebuildTiers(pod);
   }
 
   private rebuildTiers(pod: PodEntry): void {
-    const sorted = [...pod.tierPolicies].sort(tierOrder);
-    pod.ingressTiers = tierView(sorted, "ingress");
-    pod.egressTiers = tierView(sorted, "egress");
+    const sorted = pod.tierPolicies;
+    const signature = sorted.map((p) => this.policyVersions.get(p)).join(",");
+    let pair = this.tierViewPairs.get(signature);
+    if (!pair) {
+      pair = [this.tierViewFor(sorted, "ingress"), this.tierViewFor(sorted, "egress")];
+      this.tierViewPairs.set(signature, pair);
+    }
+    [pod.ingressTiers, pod.egressTiers] = pair;
     this.stale.add(pod);
+  }
+
+  /** The shared view of these policies (already in tier order) for one direction. */
+  private tierViewFor(sorted: CompiledClusterPolicy[], direction: "ingress" | "egress"): TierView {
+    const applies = (p: CompiledClusterPolicy) =>
+      (direction === "ingress" ? p.ingress : p.egress).length > 0;
+    const admin = sorted.filter((p) => p.tier === "Admin" && applies(p));
+    const baseline = sorted.filter((p) => p.tier === "Baseline" && applies(p));
+    if (admin.length === 0 && baseline.length === 0) return NO_TIERS;
+    const all = [...admin, ...baseline];
+    const key = `${direction}:${all.map((p) => this.policyVersions.get(p)).join(",")}`;
+    let view = this.tierViews.get(key);
+    if (!view) {
+      view = {
+        admin,
+        baseline,
+        consulted: all.map((p) => p.key),
+        canDeny: all.some((p) => direction === "ingress" ? p.ingressCanDeny : p.egressCanDeny),
+      };
+      this.tierViews.set(key, view);
+    }
+    return view;
   }
 
   upsertNode(node: Node): ObjectError[] {
@@ -731,20 +777,16 @@ export class PolicyEngine {
   }
 }
 
-/** A pod's tier policies (already in tier order) for one direction. */
-function tierView(sorted: CompiledClusterPolicy[], direction: "ingress" | "egress"): TierView {
-  const applies = (p: CompiledClusterPolicy) =>
-    (direction === "ingress" ? p.ingress : p.egress).length > 0;
-  const admin = sorted.filter((p) => p.tier === "Admin" && applies(p));
-  const baseline = sorted.filter((p) => p.tier === "Baseline" && applies(p));
-  if (admin.length === 0 && baseline.length === 0) return NO_TIERS;
-  const all = [...admin, ...baseline];
-  return {
-    admin,
-    baseline,
-    consulted: all.map((p) => p.key),
-    canDeny: all.some((p) => direction === "ingress" ? p.ingressCanDeny : p.egressCanDeny),
-  };
+/** Insert keeping tier order (binary search: a pod may be selected by many policies). */
+function insertInTierOrder(list: CompiledClusterPolicy[], policy: CompiledClusterPolicy): void {
+  let lo = 0;
+  let hi = list.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (tierOrder(list[mid]!, policy) < 0) lo = mid + 1;
+    else hi = mid;
+  }
+  list.splice(lo, 0, policy);
 }
 
 /** Accept and Deny decide the side; Pass (null) goes on to the next tier. */

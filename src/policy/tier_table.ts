@@ -1,7 +1,8 @@
 /**
  * A pod's Admin or Baseline tier rules for one direction, for the verdict path.
  *
- * Built from only the policies whose subject selects the pod (kept incrementally by the engine),
+ * Built from only the policies whose subject selects the pod (kept incrementally by the engine,
+ * and shared by all pods selected by the same policies),
  * in tier order (priority, then name; see tierOrder), rules in written order. A verdict walks
  * them and stops at the first rule whose protocols and peers match. What a peer pod matches on
  * the selector side (namespaces / pods peers) depends only on its identity (namespace, namespace
@@ -34,7 +35,8 @@ interface Entry extends TierHit {
   all: boolean;
 }
 
-const MEMO_LIMIT = 4096;
+/** Tables are shared by every pod with the same tier policies, so they see many identities. */
+const MEMO_LIMIT = 16384;
 
 export class TierTable {
   private readonly entries: Entry[] = [];
