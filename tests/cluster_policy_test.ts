@@ -137,7 +137,7 @@ Deno.test("Admin Deny: decides the subject's side and names tier, policy and rul
   });
   assert.equal(
     explainDecision(d),
-    'egress: x/a denied by Admin ClusterNetworkPolicy/deny-x-to-y rule "no-y"',
+    "egress: x/a denied by Admin ClusterNetworkPolicy/deny-x-to-y rule 'no-y'",
   );
   // Traffic no rule matches falls through to the default, and says which policies looked.
   const z = e.evaluate(conn("x/a", "z/a"));
@@ -258,7 +258,7 @@ Deno.test("Pass skips the rest of the Admin tier: the NetworkPolicy tier decides
   assert.equal(denied.egress.reason.kind, "denied");
   assert.match(
     explainDecision(denied),
-    /passed by Admin ClusterNetworkPolicy\/delegate rule "to-y"; then x\/a isolated by x\/only-pod-b/,
+    /passed by Admin ClusterNetworkPolicy\/delegate rule 'to-y'; then x\/a isolated by x\/only-pod-b/,
   );
   const allowed = e.evaluate(conn("x/a", "y/b"));
   assert.equal(allowed.verdict, "allow");
@@ -1152,6 +1152,6 @@ Deno.test("explanations: rule name or index, tier, and the passes that led there
       by: { tier: "Baseline", policy: "BaselineAdminNetworkPolicy/default", rule: 3 },
       passed: [{ tier: "Admin", policy: "ClusterNetworkPolicy/p", rule: "delegate" }],
     }),
-    'egress: passed by Admin ClusterNetworkPolicy/p rule "delegate"; then x/a denied by Baseline BaselineAdminNetworkPolicy/default rule 3',
+    "egress: passed by Admin ClusterNetworkPolicy/p rule 'delegate'; then x/a denied by Baseline BaselineAdminNetworkPolicy/default rule 3",
   );
 });

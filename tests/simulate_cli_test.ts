@@ -132,11 +132,11 @@ Deno.test("simulate: the guardrail example names the Admin and Baseline tier rul
   assert.equal(r.code, 0, r.stderr);
   assert.match(
     r.stdout,
-    /DENY {2}monitoring\/prometheus -> 169\.254\.169\.254 TCP\/80: egress: monitoring\/prometheus denied by Admin ClusterNetworkPolicy\/no-cloud-metadata rule "cloud-metadata"/,
+    /DENY {2}monitoring\/prometheus -> 169\.254\.169\.254 TCP\/80: egress: monitoring\/prometheus denied by Admin ClusterNetworkPolicy\/no-cloud-metadata rule 'cloud-metadata'/,
   );
   assert.match(
     r.stdout,
-    /ingress: monitoring\/prometheus denied by Baseline ClusterNetworkPolicy\/monitoring-closed-by-default rule "everyone-else"/,
+    /ingress: monitoring\/prometheus denied by Baseline ClusterNetworkPolicy\/monitoring-closed-by-default rule 'everyone-else'/,
   );
 });
 

@@ -168,7 +168,7 @@ Deno.test("simulate: dual-stack pod pairs are judged per family; differing answe
   assert.match(table, /ALLOW x\/a -> y\/b TCP\/80 \[IPv4\]: /);
   assert.match(
     table,
-    /DENY {2}x\/a -> y\/b TCP\/80 \[IPv6\]: egress: x\/a denied by Admin ClusterNetworkPolicy\/guard rule "no-v6-pods"/,
+    /DENY {2}x\/a -> y\/b TCP\/80 \[IPv6\]: egress: x\/a denied by Admin ClusterNetworkPolicy\/guard rule 'no-v6-pods'/,
   );
   await Deno.remove(dir, { recursive: true });
 });

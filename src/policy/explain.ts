@@ -5,9 +5,12 @@ export function explainDirection(direction: "egress" | "ingress", r: DirectionRe
   return `${direction}: ${describeReason(r.reason)}`;
 }
 
-/** "Admin ClusterNetworkPolicy/x rule \"name\"" or "... rule 2" (index when the rule is unnamed). */
+/**
+ * "Admin ClusterNetworkPolicy/x rule 'name'", or "... rule 2" (its index) when the rule is unnamed.
+ * Single quotes, so text logs (which quote values with double quotes) need no escaping.
+ */
 export function describeTierRule(ref: TierRuleRef): string {
-  const rule = typeof ref.rule === "string" ? JSON.stringify(ref.rule) : String(ref.rule);
+  const rule = typeof ref.rule === "string" ? `'${ref.rule}'` : String(ref.rule);
   return `${ref.tier} ${ref.policy} rule ${rule}`;
 }
 
