@@ -62,3 +62,61 @@ Deno.test("placeholders resolve to each driver's pod IPs", () => {
   assert.equal(out!.spec.ingress![0]!.from![0]!.ipBlock!.cidr, "10.1.2.3/32");
   assert.equal(np.spec.ingress![0]!.from![0]!.ipBlock!.cidr, "{{ip y/a}}/32", "input untouched");
 });
+
+Deno.test("a case may hold cluster-scoped policies and probes to the node; mistakes are named", () => {
+  const matrix = all(".").split("\n").map((l) => `      ${l}`).join("\n");
+  const text = (extra: string) =>
+    `name: t\n${extra}\nexpect:\n  - ports: [TCP/80]\n    matrix: |\n${matrix}\n`;
+  const c = parseCase(
+    text(`clusterPolicies:
+  - { kind: ClusterNetworkPolicy, metadata: { name: a }, spec: {} }
+  - { kind: BaselineAdminNetworkPolicy, metadata: { name: default }, spec: {} }
+probes:
+  - { from: x/a, to: node, ports: [TCP/80, UDP/81], expect: deny }`),
+    "t.yaml",
+  );
+  assert.deepEqual(c.policies, []);
+  assert.deepEqual(c.clusterPolicies.map((p) => p.kind), [
+    "ClusterNetworkPolicy",
+    "BaselineAdminNetworkPolicy",
+  ]);
+  assert.deepEqual(c.probes, [
+    { from: "x/a", to: "node", protocol: "TCP", port: 80, expect: "deny" },
+    { from: "x/a", to: "node", protocol: "UDP", port: 81, expect: "deny" },
+  ]);
+  assert.deepEqual(parseCase(text(""), "t.yaml").clusterPolicies, []);
+  assert.throws(
+    () =>
+      parseCase(
+        text("clusterPolicies:\n  - { kind: NetworkPolicy, metadata: { name: a } }"),
+        "t.yaml",
+      ),
+    /t\.yaml: clusterPolicies\[0\]: kind must be one of ClusterNetworkPolicy/,
+  );
+  assert.throws(
+    () =>
+      parseCase(
+        text(
+          "clusterPolicies:\n  - { kind: AdminNetworkPolicy, metadata: { name: a, namespace: x } }",
+        ),
+        "t.yaml",
+      ),
+    /cluster-scoped; remove metadata\.namespace/,
+  );
+  assert.throws(
+    () =>
+      parseCase(
+        text("probes:\n  - { from: x/a, to: w/q, ports: [TCP/80], expect: deny }"),
+        "t.yaml",
+      ),
+    /probes\[0\]\.to: must be a model pod or "node"/,
+  );
+  assert.throws(
+    () =>
+      parseCase(
+        text("probes:\n  - { from: x/a, to: node, ports: [TCP/80], expect: maybe }"),
+        "t.yaml",
+      ),
+    /probes\[0\]\.expect: must be allow or deny/,
+  );
+});

@@ -14,7 +14,11 @@ Deno.test("kinds: every row of the table is read with each of its apiVersions, o
     for (const v of spec.apiVersions) assert.equal(outcome(spec.kind, v), `read ${spec.kind}`);
     assert.equal(outcome(spec.kind), `read ${spec.kind}`);
   }
-  assert.equal(READ_KIND_NAMES, "Namespace, Pod and NetworkPolicy");
+  assert.equal(
+    READ_KIND_NAMES,
+    "Namespace, Node, Pod, NetworkPolicy, ClusterNetworkPolicy, AdminNetworkPolicy and " +
+      "BaselineAdminNetworkPolicy",
+  );
 });
 
 Deno.test("kinds: a wrong or misspelt apiVersion of a kind we read is an error with a hint", () => {
@@ -78,25 +82,26 @@ Deno.test("kinds: a near-miss kind says what it meant; an unknown kind in our gr
     [
       "Netpol",
       "networking.k8s.io/v1",
-      "error kind: Netpol is not a kind kube-netpol reads (Namespace, Pod and NetworkPolicy are read)",
+      "error kind: Netpol is not a kind kube-netpol reads (Namespace, Node, Pod, NetworkPolicy, ClusterNetworkPolicy, AdminNetworkPolicy and BaselineAdminNetworkPolicy are read)",
     ],
     [
       "Widget",
       undefined,
-      "error kind: Widget is not a kind kube-netpol reads (Namespace, Pod and NetworkPolicy are read)",
+      "error kind: Widget is not a kind kube-netpol reads (Namespace, Node, Pod, NetworkPolicy, ClusterNetworkPolicy, AdminNetworkPolicy and BaselineAdminNetworkPolicy are read)",
     ],
     // Short names are not "near" each other by two letters.
     [
       "Job",
       "v1",
-      "error kind: Job is not a kind kube-netpol reads (Namespace, Pod and NetworkPolicy are read)",
+      "error kind: Job is not a kind kube-netpol reads (Namespace, Node, Pod, NetworkPolicy, ClusterNetworkPolicy, AdminNetworkPolicy and BaselineAdminNetworkPolicy are read)",
     ],
   ];
   for (const [kind, apiVersion, want] of cases) assert.equal(outcome(kind, apiVersion), want);
 });
 
 Deno.test("kinds: standard kinds we do not read and other APIs' kinds are skipped", () => {
-  const skip = "skip: only Namespace, Pod and NetworkPolicy are read";
+  const skip =
+    "skip: only Namespace, Node, Pod, NetworkPolicy, ClusterNetworkPolicy, AdminNetworkPolicy and BaselineAdminNetworkPolicy are read";
   assert.equal(outcome("Service", "v1"), skip);
   assert.equal(outcome("ConfigMap"), skip);
   assert.equal(outcome("Ingress", "networking.k8s.io/v1"), skip);

@@ -173,7 +173,7 @@ items:
       `${file}#items[1]: Pod <unnamed>: items[1].metadata.name: is required`,
     ]);
     assert.deepEqual(r.notices, [
-      `${file}#items[3]: skipped v1 Service svc (only Namespace, Pod and NetworkPolicy are read)`,
+      `${file}#items[3]: skipped v1 Service svc (only Namespace, Node, Pod, NetworkPolicy, ClusterNetworkPolicy, AdminNetworkPolicy and BaselineAdminNetworkPolicy are read)`,
     ]);
   });
 });

@@ -116,3 +116,59 @@ Deno.test("simulate: unknown flags and unknown pods are usage errors with a hint
   assert.equal(p.code, 2);
   assert.match(p.stderr, /shop\/nope/);
 });
+
+Deno.test("simulate: the guardrail example names the Admin and Baseline tier rules that decide", async () => {
+  const r = await simulate(
+    "--manifests",
+    EXAMPLES,
+    "--probe",
+    "monitoring/prometheus -> 169.254.169.254 tcp/80",
+    "--probe",
+    "shop/frontend -> monitoring/prometheus tcp/9090",
+    "--output",
+    "table",
+    "--explain",
+  );
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(
+    r.stdout,
+    /DENY {2}monitoring\/prometheus -> 169\.254\.169\.254 TCP\/80: egress: monitoring\/prometheus denied by Admin ClusterNetworkPolicy\/no-cloud-metadata rule 'cloud-metadata'/,
+  );
+  assert.match(
+    r.stdout,
+    /ingress: monitoring\/prometheus denied by Baseline ClusterNetworkPolicy\/monitoring-closed-by-default rule 'everyone-else'/,
+  );
+});
+
+Deno.test("simulate: a cluster policy rule failing closed is a warning on stderr, not a failure", async () => {
+  const dir = await Deno.makeTempDir();
+  await Deno.writeTextFile(
+    `${dir}/cnp.yaml`,
+    `apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: { name: newer }
+spec:
+  tier: Admin
+  priority: 1
+  subject: { namespaces: {} }
+  egress: [{ name: audit, action: Audit, to: [{ namespaces: {} }] }]
+`,
+  );
+  const r = await simulate(
+    "--manifests",
+    EXAMPLES,
+    "--manifests",
+    dir,
+    "--probe",
+    "shop/frontend -> shop/backend tcp/9000",
+    "--output",
+    "json",
+  );
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(
+    r.stderr,
+    /warning: .*cnp\.yaml: ClusterNetworkPolicy newer: spec\.egress\[0\]\.action: unknown action "Audit"/,
+  );
+  assert.equal(JSON.parse(r.stdout)[0].verdict, "deny", "the rule fails closed");
+  await Deno.remove(dir, { recursive: true });
+});

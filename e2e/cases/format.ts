@@ -7,14 +7,27 @@
  *   name: deny-all-ingress-x
  *   description: ...
  *   policies: [ <NetworkPolicy>, ... ]     # strings may use {{ip x/a}} for a pod's IP
+ *   clusterPolicies: [ <ClusterNetworkPolicy | AdminNetworkPolicy | BaselineAdminNetworkPolicy> ]
  *   expect:
  *     - ports: [TCP/80, UDP/80]            # columns that share this matrix
  *       matrix: |
  *         from\to x/a x/b ...
  *         x/a      -   X  ...
+ *   probes:                                # optional: endpoints outside the matrix
+ *     - { from: x/a, to: node, ports: [TCP/80], expect: deny }
+ *
+ * `clusterPolicies` (cluster-scoped, no namespace) and `probes` are optional. `node` in a probe is
+ * the node the model's pods run on (the lab's node address; a real node in kind), a Node object
+ * labelled kubernetes.io/os=linux (see modelNodes). Cases with cluster policies live in
+ * e2e/cases/tiers/, which the lab and kind drivers read once they install those kinds.
  */
 import { parse } from "yaml";
-import type { NetworkPolicy } from "../../src/policy/types.ts";
+import type {
+  AdminNetworkPolicy,
+  BaselineAdminNetworkPolicy,
+  ClusterNetworkPolicy,
+  NetworkPolicy,
+} from "../../src/policy/types.ts";
 import type { Protocol } from "../../src/net/protocol.ts";
 import { MODEL_PODS } from "./model.ts";
 
@@ -27,12 +40,38 @@ export interface CaseExpectation {
   matrix: Matrix;
 }
 
+export type ClusterScopedPolicy =
+  | ClusterNetworkPolicy
+  | AdminNetworkPolicy
+  | BaselineAdminNetworkPolicy;
+
+export const CLUSTER_POLICY_KINDS = [
+  "ClusterNetworkPolicy",
+  "AdminNetworkPolicy",
+  "BaselineAdminNetworkPolicy",
+] as const;
+
+/** The probe endpoint that stands for the node the model's pods run on. */
+export const NODE_ENDPOINT = "node";
+
+/** One connection outside the pod matrix, e.g. a pod to its node. */
+export interface CaseProbe {
+  from: string;
+  to: string;
+  protocol: Protocol;
+  port: number;
+  expect: Verdict;
+}
+
 export interface ConnectivityCase {
   name: string;
   file: string;
   description: string;
   policies: NetworkPolicy[];
+  /** Cluster-scoped policies (Admin and Baseline tiers); [] when the case has none. */
+  clusterPolicies: ClusterScopedPolicy[];
   expect: CaseExpectation[];
+  probes: CaseProbe[];
 }
 
 export class CaseError extends Error {
@@ -106,6 +145,8 @@ export function parseCase(text: string, file: string): ConnectivityCase {
     file,
     description: typeof doc.description === "string" ? doc.description.trim() : "",
     policies,
+    clusterPolicies: parseClusterPolicies(doc.clusterPolicies, file),
+    probes: parseProbes(doc.probes, file),
     expect: expect.flatMap((e: { ports?: unknown; matrix?: unknown }, i: number) => {
       const where = `${file}: expect[${i}]`;
       if (!Array.isArray(e?.ports) || !e.ports.length) {
@@ -117,6 +158,60 @@ export function parseCase(text: string, file: string): ConnectivityCase {
       return columns.map((col) => ({ ...col, matrix }));
     }),
   };
+}
+
+function parseClusterPolicies(raw: unknown, file: string): ClusterScopedPolicy[] {
+  if (raw === undefined || raw === null) return [];
+  if (!Array.isArray(raw)) throw new CaseError(`${file}: clusterPolicies must be a list`);
+  return raw.map((p, i) => {
+    const where = `${file}: clusterPolicies[${i}]`;
+    if (!p || typeof p !== "object") throw new CaseError(`${where}: must be an object`);
+    if (!(CLUSTER_POLICY_KINDS as readonly string[]).includes(p.kind)) {
+      throw new CaseError(
+        `${where}: kind must be one of ${CLUSTER_POLICY_KINDS.join(", ")}, not ${
+          JSON.stringify(p.kind)
+        }`,
+      );
+    }
+    if (typeof p.metadata?.name !== "string" || !p.metadata.name) {
+      throw new CaseError(`${where}: metadata.name is required`);
+    }
+    if (p.metadata.namespace !== undefined) {
+      throw new CaseError(`${where}: ${p.kind} is cluster-scoped; remove metadata.namespace`);
+    }
+    return p as ClusterScopedPolicy;
+  });
+}
+
+function parseProbes(raw: unknown, file: string): CaseProbe[] {
+  if (raw === undefined || raw === null) return [];
+  if (!Array.isArray(raw)) throw new CaseError(`${file}: probes must be a list`);
+  const endpoints = [...MODEL_PODS, NODE_ENDPOINT];
+  return raw.flatMap((p: Record<string, unknown>, i: number) => {
+    const where = `${file}: probes[${i}]`;
+    for (const end of ["from", "to"] as const) {
+      if (!endpoints.includes(p?.[end] as string)) {
+        throw new CaseError(
+          `${where}.${end}: must be a model pod or "${NODE_ENDPOINT}", not ${
+            JSON.stringify(p?.[end])
+          }`,
+        );
+      }
+    }
+    if (p.from === p.to) throw new CaseError(`${where}: from and to are the same endpoint`);
+    if (p.expect !== "allow" && p.expect !== "deny") {
+      throw new CaseError(`${where}.expect: must be allow or deny`);
+    }
+    if (!Array.isArray(p.ports) || !p.ports.length) {
+      throw new CaseError(`${where}.ports: required`);
+    }
+    return p.ports.map((port) => ({
+      from: p.from as string,
+      to: p.to as string,
+      ...parseColumn(port, where),
+      expect: p.expect as Verdict,
+    }));
+  });
 }
 
 /** Every case file in `dir` (*.yaml), sorted by file name; names must be unique. */
@@ -137,10 +232,10 @@ export async function loadCases(dir: string): Promise<ConnectivityCase[]> {
 }
 
 /** Replace `{{ip ns/pod}}` in every string of the policies with that pod's IP. */
-export function resolvePlaceholders(
-  policies: NetworkPolicy[],
+export function resolvePlaceholders<T>(
+  policies: T[],
   ipOf: (namespace: string, pod: string) => string,
-): NetworkPolicy[] {
+): T[] {
   const walk = (v: unknown): unknown => {
     if (typeof v === "string") {
       return v.replace(
@@ -154,7 +249,7 @@ export function resolvePlaceholders(
     }
     return v;
   };
-  return walk(policies) as NetworkPolicy[];
+  return walk(policies) as T[];
 }
 
 /**

@@ -4,7 +4,7 @@
  * every pod serves ports 80 and 81 over TCP, UDP and SCTP, with container ports named
  * serve-<port>-<protocol>. The lab uses the fixed IP plan below; the kind driver uses real IPs.
  */
-import type { Namespace, Pod } from "../../src/policy/types.ts";
+import type { Namespace, Node, Pod } from "../../src/policy/types.ts";
 import type { Protocol } from "../../src/net/protocol.ts";
 
 export const MODEL_NAMESPACES = ["x", "y", "z"] as const;
@@ -19,6 +19,7 @@ export const MODEL_PODS: readonly string[] = MODEL_NAMESPACES.flatMap((ns) =>
 
 /** Fixed addresses for the lab (x/a = 10.244.1.11 ... z/c = 10.244.3.13); node 10.244.0.1. */
 export const LAB_NODE_IP = "10.244.0.1";
+export const LAB_NODE_NAME = "lab-node";
 export function labIP(pod: string): string {
   const [ns, name] = pod.split("/") as [string, string];
   const i = MODEL_NAMESPACES.indexOf(ns as "x");
@@ -75,4 +76,17 @@ export function modelPods(assign: (namespace: string, name: string) => PodPlacem
       },
     };
   });
+}
+
+/**
+ * The lab's node as a Node object, for `nodes` peers: labelled like a real Linux node, with its
+ * address as InternalIP.
+ */
+export function modelNodes(name = LAB_NODE_NAME, ip = LAB_NODE_IP): Node[] {
+  return [{
+    apiVersion: "v1",
+    kind: "Node",
+    metadata: { name, labels: { "kubernetes.io/hostname": name, "kubernetes.io/os": "linux" } },
+    status: { addresses: [{ type: "InternalIP", address: ip }] },
+  }];
 }

@@ -82,7 +82,19 @@ async function render(lab: Lab, pods: DemoPod[], agent: LabAgent): Promise<strin
     return m!;
   }));
   const byPort = new Map(ports.map((p, i) => [p, matrices[i]!]));
-  const reasons = denyReasons(agent.logs());
+  const denied = pairs.filter((pr) => {
+    const r = byPort.get(portOf.get(pr.to)!)?.get(pr.from)?.get(pr.to);
+    return !r || observedVerdict(r, pr.to) === "deny";
+  }).map((pr) => {
+    const [a, b] = [pods.find((p) => p.key === pr.from)!, pods.find((p) => p.key === pr.to)!];
+    return `${a.ip}>${b.ip}:${b.ports[0]}`;
+  });
+  // The worker hands deny records over in batches (every 50 ms): wait briefly for the last ones.
+  let reasons = denyReasons(agent.logs());
+  for (let i = 0; i < 20 && denied.some((k) => !reasons.has(k)); i++) {
+    await new Promise((r) => setTimeout(r, 50));
+    reasons = denyReasons(agent.logs());
+  }
   const w = Math.max(...pods.map((p) => p.key.length));
   const lines = [
     `Each cell: a real TCP connection from the row pod to the column pod's container port.`,

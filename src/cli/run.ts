@@ -250,6 +250,7 @@ export class Agent {
       ready: () => this.readiness(),
       debugPolicies: () => ({
         policies: this.engine.policyKeys(),
+        clusterPolicies: this.engine.clusterPolicyKeys(),
         generation: this.engine.generation,
         rulesSyncedGeneration: this.rules?.syncedGeneration ?? -1,
         invalid: [...this.invalid.values()].flat().concat(this.source?.errors?.() ?? [])
@@ -324,7 +325,17 @@ export class Agent {
     const key = ev.op === "delete"
       ? `${ev.kind} ${ev.namespace ?? ""}/${ev.name}`
       : `${ev.kind} ${ev.object.metadata?.namespace ?? ""}/${ev.object.metadata?.name}`;
-    const errors = applyEvent(this.engine, ev);
+    const problems = applyEvent(this.engine, ev);
+    // Warnings come with objects that were applied (e.g. a domainNames peer, which matches
+    // nothing in this version): said once, not counted as invalid.
+    const errors = problems.filter((e) => e.severity !== "warning");
+    for (const w of problems) {
+      if (w.severity === "warning") {
+        this.log.warn("object applied with a warning", {
+          warning: formatObjectError(w),
+        });
+      }
+    }
     if (errors.length) {
       this.invalid.set(key, errors);
       for (const e of errors) {

@@ -1,11 +1,16 @@
 /**
  * `simulate`: load manifests into the same engine the agent runs and judge probes, printing
  * verdicts with the policy and rule that decided. No cluster, no root, no packets.
+ *
+ * A probe names pods or IPs. A pod answers on the address of the family the probe needs: with an
+ * IP at the other end, the pod's address of that IP's family; between two dual-stack pods, each
+ * family is judged, and both answers are reported when they differ. A hostNetwork pod resolves to
+ * its own (its node's) address and is judged as the non-pod endpoint it is.
  */
 import { canonicalIP } from "../net/ip.ts";
 import { PolicyEngine } from "../policy/engine.ts";
 import { explainDecision } from "../policy/explain.ts";
-import type { Decision, ObjectError } from "../policy/types.ts";
+import type { Decision, ObjectError, StateObjectKind } from "../policy/types.ts";
 import { type ConnectionProtocol, type Protocol, PROTOCOLS } from "../net/protocol.ts";
 import { loadManifests } from "../manifests/load.ts";
 import { applyEvent } from "../state/apply.ts";
@@ -18,9 +23,25 @@ export interface Probe {
   port: number;
 }
 
-export interface ProbeResult extends Probe {
+/** The answer for one address family of a probe. */
+export interface FamilyResult {
+  family: 4 | 6;
+  src: string;
+  dst: string;
   verdict: "allow" | "deny";
   reason: Omit<Decision, "verdict">;
+}
+
+export interface ProbeResult extends Probe {
+  /** The addresses judged (of the first denying family, when families differ). */
+  src: string;
+  dst: string;
+  /** "deny" when any judged family denies. */
+  verdict: "allow" | "deny";
+  /** The reason of the (first denying) family. */
+  reason: Omit<Decision, "verdict">;
+  /** Present only when two families were judged and their answers differ: both of them. */
+  families?: FamilyResult[];
 }
 
 /** Parse the `--probe "x/a -> y/b tcp/80"` shorthand. */
@@ -65,18 +86,30 @@ export function parseProbesFile(text: string, file: string): Probe[] {
 
 export interface Simulation {
   engine: PolicyEngine;
+  /** Objects that were not applied. */
   errors: ObjectError[];
+  /** Objects applied with a caveat (e.g. a cluster policy rule that fails closed). */
+  warnings: ObjectError[];
   notices: string[];
 }
+
+/** Namespaces, nodes and pods first so the order of files never matters. */
+const APPLY_ORDER: Record<StateObjectKind, number> = {
+  Namespace: 0,
+  Node: 1,
+  Pod: 2,
+  NetworkPolicy: 3,
+  ClusterNetworkPolicy: 4,
+  AdminNetworkPolicy: 4,
+  BaselineAdminNetworkPolicy: 4,
+};
 
 /** Load manifests into a fresh engine; every invalid object is reported, the rest applied. */
 export async function loadSimulation(paths: string[]): Promise<Simulation> {
   const engine = new PolicyEngine();
   const { objects, errors, notices } = await loadManifests(paths);
   const all = [...errors];
-  // Namespaces and pods first so the order of files never matters.
-  const order = { Namespace: 0, Pod: 1, NetworkPolicy: 2 } as const;
-  for (const o of [...objects].sort((a, b) => order[a.kind] - order[b.kind])) {
+  for (const o of [...objects].sort((a, b) => APPLY_ORDER[a.kind] - APPLY_ORDER[b.kind])) {
     all.push(
       ...applyEvent(
         engine,
@@ -84,35 +117,79 @@ export async function loadSimulation(paths: string[]): Promise<Simulation> {
       ),
     );
   }
-  return { engine, errors: all, notices };
+  return {
+    engine,
+    errors: all.filter((e) => e.severity !== "warning"),
+    warnings: all.filter((e) => e.severity === "warning"),
+    notices,
+  };
 }
 
-/** Resolve a probe endpoint: "ns/pod" must exist; an IP that a pod owns is that pod. */
-function endpointIP(engine: PolicyEngine, text: string): string {
+/** What a probe endpoint stands for: its addresses, and its name when it names a pod. */
+interface Endpoint {
+  text: string;
+  ips: string[];
+}
+
+/** Resolve a probe endpoint: "ns/pod" must exist; an IP is itself (a pod owning it is that pod). */
+function resolveEndpoint(engine: PolicyEngine, text: string): Endpoint {
   if (text.includes("/") && !text.includes(":") && !/^\d+\.\d+\.\d+\.\d+\/\d+$/.test(text)) {
-    const ip = engine.podIP(text);
-    if (!ip) {
+    const addresses = engine.podAddresses(text);
+    if (!addresses?.ips.length) {
       throw new UsageError(`probe names pod ${text}, which is not in the manifests (or has no IP)`);
     }
-    return ip;
+    return { text, ips: addresses.ips };
   }
   const ip = canonicalIP(text);
   if (!ip) {
     throw new UsageError(`probe endpoint ${JSON.stringify(text)} is neither ns/pod nor an IP`);
   }
-  return ip;
+  return { text, ips: [ip] };
+}
+
+function family(ip: string): 4 | 6 {
+  return ip.includes(":") ? 6 : 4;
 }
 
 export function runProbes(engine: PolicyEngine, probes: Probe[]): ProbeResult[] {
   return probes.map((p) => {
-    const decision = engine.evaluate({
-      src: endpointIP(engine, p.from),
-      dst: endpointIP(engine, p.to),
-      protocol: p.protocol as ConnectionProtocol,
-      port: p.port,
-    });
-    const { verdict, ...reason } = decision;
-    return { ...p, verdict, reason };
+    const from = resolveEndpoint(engine, p.from);
+    const to = resolveEndpoint(engine, p.to);
+    const answers: FamilyResult[] = [];
+    for (const f of [4, 6] as const) {
+      const src = from.ips.find((ip) => family(ip) === f);
+      const dst = to.ips.find((ip) => family(ip) === f);
+      if (src === undefined || dst === undefined) continue;
+      const { verdict, ...reason } = engine.evaluate({
+        src,
+        dst,
+        protocol: p.protocol as ConnectionProtocol,
+        port: p.port,
+      });
+      answers.push({ family: f, src, dst, verdict, reason });
+    }
+    if (answers.length === 0) {
+      const fams = (e: Endpoint) => [...new Set(e.ips.map((ip) => `IPv${family(ip)}`))].join("+");
+      throw new UsageError(
+        `probe ${p.from} -> ${p.to}: no address family in common (${p.from} has ${
+          fams(from)
+        }, ${p.to} has ${fams(to)})`,
+      );
+    }
+    const first = answers.find((a) => a.verdict === "deny") ?? answers[0]!;
+    const result: ProbeResult = {
+      ...p,
+      src: first.src,
+      dst: first.dst,
+      verdict: first.verdict,
+      reason: first.reason,
+    };
+    const differ = answers.length > 1 &&
+      JSON.stringify(answers[0]!.reason) !== JSON.stringify(answers[1]!.reason);
+    if (differ || (answers.length > 1 && answers[0]!.verdict !== answers[1]!.verdict)) {
+      result.families = answers;
+    }
+    return result;
   });
 }
 
@@ -146,12 +223,15 @@ export function renderTable(results: ProbeResult[], explain: boolean): string {
     const toSet = new Set(rs.map((r) => r.to));
     const froms = names.filter((n) => fromSet.has(n));
     const tos = names.filter((n) => toSet.has(n));
-    const cell = new Map(
-      rs.map((r) => [`${r.from}\u0000${r.to}`, r.verdict === "allow" ? "." : "X"]),
-    );
+    const cell = new Map(rs.map((r) => [`${r.from}\u0000${r.to}`, cellOf(r)]));
+    const mixed = [...cell.values()].some((c) => c === "4" || c === "6");
     const w0 = Math.max(7, ...froms.map((f) => f.length));
     const widths = tos.map((t) => Math.max(t.length, 1));
-    out.push(`${k}  (. allow, X deny, - self; rows from, columns to)`);
+    out.push(
+      `${k}  (. allow, X deny, ${
+        mixed ? "4/6 only IPv4/IPv6 allowed, " : ""
+      }- self; rows from, columns to)`,
+    );
     out.push(`${"from\\to".padEnd(w0)}  ${tos.map((t, i) => t.padEnd(widths[i]!)).join("  ")}`);
     for (const f of froms) {
       const cells = tos.map((t, i) =>
@@ -166,13 +246,24 @@ export function renderTable(results: ProbeResult[], explain: boolean): string {
   if (explain) {
     out.push("");
     for (const r of results) {
-      out.push(
-        `${
-          r.verdict === "allow" ? "ALLOW" : "DENY "
-        } ${r.from} -> ${r.to} ${r.protocol}/${r.port}: ` +
-          explainDecision({ verdict: r.verdict, ...r.reason }),
-      );
+      const lines = r.families?.map((f) => ({ ...f, tag: ` [IPv${f.family}]` })) ??
+        [{ verdict: r.verdict, reason: r.reason, tag: "" }];
+      for (const l of lines) {
+        out.push(
+          `${
+            l.verdict === "allow" ? "ALLOW" : "DENY "
+          } ${r.from} -> ${r.to} ${r.protocol}/${r.port}${l.tag}: ` +
+            explainDecision({ verdict: l.verdict, ...l.reason }),
+        );
+      }
     }
   }
   return out.join("\n");
+}
+
+/** ".", "X", or for families that disagree "4"/"6": only that family is allowed. */
+function cellOf(r: ProbeResult): string {
+  const allowed = r.families?.filter((f) => f.verdict === "allow");
+  if (allowed && allowed.length === 1) return String(allowed[0]!.family);
+  return r.verdict === "allow" ? "." : "X";
 }

@@ -22,7 +22,8 @@ const FLAGS: FlagSpec = {
 };
 
 const HELP: Record<string, string> = {
-  manifests: "file or directory of Namespace/Pod/NetworkPolicy manifests (repeatable)",
+  manifests:
+    "file or directory of Namespace, Pod, NetworkPolicy, Node, ClusterNetworkPolicy, AdminNetworkPolicy and BaselineAdminNetworkPolicy manifests (repeatable)",
   probes: "JSON file: [{from, to, protocol, port}], from/to = ns/pod or an IP",
   probe: 'one probe, e.g. "x/a -> y/b tcp/80" (repeatable)',
   matrix: "probe every pod to every pod on e.g. tcp/80 (repeatable)",
@@ -50,6 +51,7 @@ export async function simulateCommand(args: string[]): Promise<number> {
   }
   const sim = await loadSimulation(manifests);
   for (const n of sim.notices) console.error(`notice: ${n}`);
+  for (const w of sim.warnings) console.error(`warning: ${formatObjectError(w)}`);
   if (sim.errors.length) {
     for (const e of sim.errors) console.error(`error: ${formatObjectError(e)}`);
     console.error(`${sim.errors.length} invalid object(s); fix them and run again`);

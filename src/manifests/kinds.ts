@@ -9,10 +9,10 @@
  * hint where the intended spelling is obvious); only kinds of API groups we do not read (apps/v1
  * Deployment, Calico's crd.projectcalico.org NetworkPolicy) are skipped with a notice.
  */
-import type { ObjectKind } from "../policy/types.ts";
+import type { StateObjectKind } from "../policy/types.ts";
 
 export interface KindSpec {
-  kind: ObjectKind;
+  kind: StateObjectKind;
   /** apiVersions accepted for this kind; the first is the one suggested in hints. */
   apiVersions: readonly string[];
   /** Namespaced objects default to namespace "default"; cluster-scoped ones carry none. */
@@ -25,8 +25,24 @@ export interface KindSpec {
  */
 export const READ_KINDS: readonly KindSpec[] = [
   { kind: "Namespace", apiVersions: ["v1"], namespaced: false },
+  { kind: "Node", apiVersions: ["v1"], namespaced: false },
   { kind: "Pod", apiVersions: ["v1"], namespaced: true },
   { kind: "NetworkPolicy", apiVersions: ["networking.k8s.io/v1"], namespaced: true },
+  {
+    kind: "ClusterNetworkPolicy",
+    apiVersions: ["policy.networking.k8s.io/v1alpha2"],
+    namespaced: false,
+  },
+  {
+    kind: "AdminNetworkPolicy",
+    apiVersions: ["policy.networking.k8s.io/v1alpha1"],
+    namespaced: false,
+  },
+  {
+    kind: "BaselineAdminNetworkPolicy",
+    apiVersions: ["policy.networking.k8s.io/v1alpha1"],
+    namespaced: false,
+  },
 ];
 
 /**
@@ -40,7 +56,6 @@ const OTHER_STANDARD_KINDS: Record<string, readonly string[]> = {
     "Endpoints",
     "Event",
     "LimitRange",
-    "Node",
     "PersistentVolume",
     "PersistentVolumeClaim",
     "PodTemplate",
@@ -57,7 +72,7 @@ const BY_KIND = new Map(READ_KINDS.map((s) => [s.kind as string, s]));
 /** API groups of the kinds we read ("" is the core group, written plain `v1`). */
 const READ_GROUPS = new Set(READ_KINDS.flatMap((s) => s.apiVersions.map((v) => groupOf(v))));
 
-/** The kinds read, for messages: "Namespace, Pod and NetworkPolicy". */
+/** The kinds read, for messages: "Namespace, Node, Pod and ...". */
 export const READ_KIND_NAMES = READ_KINDS.map((s) => s.kind).join(", ").replace(
   /, ([^,]+)$/,
   " and $1",
@@ -68,11 +83,11 @@ export function kindSpec(kind: string): KindSpec | undefined {
 }
 
 /** Upsert order of kinds (deletes: reversed). */
-export function kindOrder(): ObjectKind[] {
+export function kindOrder(): StateObjectKind[] {
   return READ_KINDS.map((s) => s.kind);
 }
 
-export function isNamespaced(kind: ObjectKind): boolean {
+export function isNamespaced(kind: StateObjectKind): boolean {
   return BY_KIND.get(kind)?.namespaced ?? true;
 }
 

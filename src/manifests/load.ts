@@ -13,7 +13,7 @@
  * upsertPod return ObjectErrors), so both the agent and `simulate` report the same problems.
  */
 import { parseAllDocuments } from "yaml";
-import type { ObjectError, ObjectKind } from "../policy/types.ts";
+import type { ObjectError, StateObjectKind } from "../policy/types.ts";
 import type { StateEvent } from "../state/events.ts";
 import { isNamespaced, type KindSpec, recognise } from "./kinds.ts";
 
@@ -21,7 +21,7 @@ import { isNamespaced, type KindSpec, recognise } from "./kinds.ts";
 export type ManifestObject = Extract<StateEvent, { op: "upsert" }>["object"];
 
 export interface LoadedObject {
-  kind: ObjectKind;
+  kind: StateObjectKind;
   object: ManifestObject;
   /** File path, plus `#doc N` (1-based) in a multi-document file and `#items[i]` in a list. */
   source: string;
@@ -477,7 +477,7 @@ export async function loadManifests(paths: string[]): Promise<LoadResult> {
 }
 
 /** `Kind namespace/name` (or `Namespace name` for cluster-scoped kinds): what sources diff on. */
-export function objectKey(o: { kind: ObjectKind; object: ManifestObject }): string {
+export function objectKey(o: { kind: StateObjectKind; object: ManifestObject }): string {
   const m = o.object.metadata;
   return isNamespaced(o.kind) ? `${o.kind} ${m.namespace}/${m.name}` : `${o.kind} ${m.name}`;
 }

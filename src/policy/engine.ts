@@ -1,42 +1,95 @@
 /**
- * The policy engine: NetworkPolicy v1 semantics over an in-memory view of pods, namespaces and
- * policies. Pure: no I/O, no clocks. Every state change is applied incrementally to indexes, so a
- * verdict costs one IP lookup per side plus one rule-table lookup per judged side.
+ * The policy engine: NetworkPolicy v1 semantics, plus the cluster-scoped Admin and Baseline tiers
+ * (ClusterNetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy), over an in-memory view
+ * of pods, namespaces, nodes and policies. Pure: no I/O, no clocks. Every state change is applied
+ * incrementally to indexes, so a verdict costs one IP lookup per side plus one rule-table lookup
+ * per judged side (and one tier-table walk per tier that selects the pod).
+ *
+ * Each side of a connection (egress of the source pod, ingress of the destination pod) walks:
+ * Admin tier -> NetworkPolicy tier (only when a NetworkPolicy isolates the pod in that direction:
+ * allowed iff a rule admits, final either way) -> Baseline tier -> allowed by default. In a tier
+ * the first matching rule decides: Accept allows, Deny denies, Pass skips to the next tier.
  *
  * Indexes kept up to date on every change:
  *   - pod by IP (the Running pod wins when two pods claim one IP);
  *   - for each pod, the policies selecting it for ingress and for egress (sorted by key), and a
  *     rule table per direction built from them on first use (see rule_table.ts);
+ *   - for each pod, the Admin and Baseline policies whose subject selects it, per direction, in
+ *     tier order, and a tier table per tier and direction (see tier_table.ts); for each cluster
+ *     policy, the pods it selects (so a change touches only those);
+ *   - node by address (for `nodes` peers);
  *   - pods by namespace (to re-select when a policy changes) and by node (for rule sync);
  *   - an identity per pod (namespace, namespace labels, pod labels) that rule tables memoize on.
  * Peer selectors are evaluated against the one peer pod (or its memoized identity), so label
  * changes only re-identify the pods concerned.
  */
 import { canonicalIP, type ParsedIP, parseIP } from "../net/ip.ts";
+import {
+  clusterPolicyKey,
+  compileClusterPolicy,
+  type CompiledClusterPolicy,
+  tierOrder,
+} from "./cluster_compile.ts";
 import { type CompiledPolicy, compilePolicy } from "./compile.ts";
-import { type PeerContext, RuleTable } from "./rule_table.ts";
+import { NodeIndex } from "./nodes.ts";
+import { RuleTable } from "./rule_table.ts";
 import { type Labels, toLabels } from "./selector.ts";
+import { type TierHit, type TierPeerContext, TierTable } from "./tier_table.ts";
 import type {
+  ClusterPolicyKind,
+  ClusterPolicyObject,
   Connection,
   Decision,
+  DirectionReason,
   DirectionResult,
   Namespace,
   NetworkPolicy,
+  Node,
   ObjectError,
   Pod,
+  TierRuleRef,
 } from "./types.ts";
 import type { Protocol } from "../net/protocol.ts";
 
 /** Reused for every verdict (evaluation is synchronous), so judging allocates no context. */
-class VerdictContext implements PeerContext {
+class VerdictContext implements TierPeerContext {
   pod: PodEntry | undefined;
   ipText = "";
   parsed: ParsedIP | null | undefined;
-  constructor(readonly namespaceLabels: (namespace: string) => Labels) {}
+  constructor(
+    readonly namespaceLabels: (namespace: string) => Labels,
+    private readonly nodeLabelsAt: (ip: string) => Labels | undefined,
+  ) {}
   ip(): ParsedIP | null {
     return this.parsed === undefined ? (this.parsed = parseIP(this.ipText)) : this.parsed;
   }
+  nodeLabels(): Labels | undefined {
+    return this.nodeLabelsAt(this.ipText);
+  }
 }
+
+/**
+ * A pod's Admin and Baseline tier policies for one direction, in tier order. Shared by every pod
+ * whose subjects select the same policies (see tierViewFor), so the tables and their per-identity
+ * memos are built once and warmed by all those pods' traffic.
+ */
+interface TierView {
+  admin: CompiledClusterPolicy[];
+  baseline: CompiledClusterPolicy[];
+  adminTable?: TierTable;
+  baselineTable?: TierTable;
+  /** Keys of admin then baseline, for explanations (allocated once per change, not per verdict). */
+  consulted: string[];
+  /** Some rule can deny: only then can the tiers change this side's default outcome. */
+  canDeny: boolean;
+}
+
+const NO_TIERS: TierView = Object.freeze({
+  admin: [],
+  baseline: [],
+  consulted: [],
+  canDeny: false,
+}) as TierView;
 
 /** The engine's view of one pod: only what verdicts need. */
 interface PodEntry {
@@ -62,6 +115,12 @@ interface PodEntry {
   egressTable?: RuleTable;
   /** Interned (namespace, namespace labels, pod labels): pods alike to every selector. */
   identity: number;
+  /** Every Admin/Baseline policy whose subject selects the pod, in tier order (never for hostNetwork pods). */
+  tierPolicies: CompiledClusterPolicy[];
+  ingressTiers: TierView;
+  egressTiers: TierView;
+  /** A hostNetwork pod's addresses (its node's): what `simulate` resolves its name to. */
+  hostNetworkIPs: string[];
 }
 
 const NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name";
@@ -72,6 +131,13 @@ export interface EngineStats {
   pods: number;
   namespaces: number;
   policies: number;
+}
+
+/** Sizes of the cluster-scoped state (kept apart from EngineStats, whose shape callers pin). */
+export interface TierStats {
+  /** ClusterNetworkPolicies, AdminNetworkPolicies and the BaselineAdminNetworkPolicy. */
+  clusterPolicies: number;
+  nodes: number;
 }
 
 export class PolicyEngine {
@@ -87,7 +153,21 @@ export class PolicyEngine {
   private _generation = 0;
   private readonly identities = new Map<string, number>();
   private readonly namespaceVersions = new Map<string, number>();
-  private readonly ctx = new VerdictContext((ns) => this.namespaceLabels(ns));
+  private readonly clusterPolicies = new Map<string, CompiledClusterPolicy>();
+  /** Policy key -> the pods its subject selects. */
+  private readonly clusterSubjects = new Map<string, Set<PodEntry>>();
+  /** Shared tier views by direction and policy versions; emptied when a cluster policy changes. */
+  private readonly tierViews = new Map<string, TierView>();
+  /** [ingress, egress] views by the versions of a pod's tierPolicies: pods alike share the work. */
+  private readonly tierViewPairs = new Map<string, [TierView, TierView]>();
+  /** A number per compiled policy version, for tierViews keys. */
+  private readonly policyVersions = new WeakMap<CompiledClusterPolicy, number>();
+  private policyVersionSeq = 0;
+  private readonly nodes = new NodeIndex();
+  private readonly ctx = new VerdictContext(
+    (ns) => this.namespaceLabels(ns),
+    (ip) => this.nodes.labelsAt(ip),
+  );
   /** Pods whose rule tables must be rebuilt (see prepare()). */
   private readonly stale = new Set<PodEntry>();
 
@@ -119,7 +199,11 @@ export class PolicyEngine {
   /** Peers in this namespace now look different to namespace selectors: new identities. */
   private namespaceLabelsChanged(name: string): void {
     this.namespaceVersions.set(name, (this.namespaceVersions.get(name) ?? 0) + 1);
-    for (const pod of this.podsByNamespace.get(name) ?? []) pod.identity = this.identityOf(pod);
+    for (const pod of this.podsByNamespace.get(name) ?? []) {
+      pod.identity = this.identityOf(pod);
+      // Subjects select by namespace labels too.
+      if (this.clusterPolicies.size || pod.tierPolicies.length) this.selectTiersFor(pod);
+    }
     this._generation++;
   }
 
@@ -157,17 +241,23 @@ export class PolicyEngine {
     const phase = pod.status?.phase;
     const ownsIPs = !pod.spec?.hostNetwork && phase !== "Succeeded" && phase !== "Failed";
     const ips: string[] = [];
+    const hostNetworkIPs: string[] = [];
+    const texts = pod.status?.podIPs?.length
+      ? pod.status.podIPs.map((p, i) => [p?.ip, `status.podIPs[${i}].ip`] as const)
+      : pod.status?.podIP
+      ? [[pod.status.podIP, "status.podIP"] as const]
+      : [];
     if (ownsIPs) {
-      const texts = pod.status?.podIPs?.length
-        ? pod.status.podIPs.map((p, i) => [p?.ip, `status.podIPs[${i}].ip`] as const)
-        : pod.status?.podIP
-        ? [[pod.status.podIP, "status.podIP"] as const]
-        : [];
       for (const [text, field] of texts) {
         const ip = typeof text === "string" ? canonicalIP(text) : null;
         if (ip === null) {
           errors.push({ object, field, message: `invalid IP ${JSON.stringify(text)}` });
         } else if (!ips.includes(ip)) ips.push(ip);
+      }
+    } else if (pod.spec?.hostNetwork) {
+      for (const [text] of texts) {
+        const ip = typeof text === "string" ? canonicalIP(text) : null;
+        if (ip !== null && !hostNetworkIPs.includes(ip)) hostNetworkIPs.push(ip);
       }
     }
     const hostIPs = new Set<string>();
@@ -210,11 +300,18 @@ export class PolicyEngine {
       ingressKeys: [],
       egressKeys: [],
       identity: 0,
+      tierPolicies: [],
+      ingressTiers: NO_TIERS,
+      egressTiers: NO_TIERS,
+      hostNetworkIPs,
     };
     entry.identity = this.identityOf(entry);
     for (const [field, message] of labelProblems) errors.push({ object, field, message });
     // hostNetwork pods are node endpoints: no policy selects them, they are never queued.
-    if (!entry.hostNetwork) this.selectPoliciesFor(entry);
+    if (!entry.hostNetwork) {
+      this.selectPoliciesFor(entry);
+      this.selectTiersFor(entry);
+    }
     this.removePod(key);
     this.pods.set(key, entry);
     addToIndex(this.podsByNamespace, namespace, entry);
@@ -238,6 +335,7 @@ export class PolicyEngine {
     if (!old) return false;
     this.pods.delete(key);
     this.stale.delete(old);
+    for (const p of old.tierPolicies) this.clusterSubjects.get(p.key)?.delete(old);
     removeFromIndex(this.podsByNamespace, old.namespace, old);
     if (old.nodeName) removeFromIndex(this.podsByNode, old.nodeName, old);
     for (const ip of old.ips) {
@@ -329,16 +427,98 @@ export class PolicyEngine {
       ? NOT_A_POD
       : node !== undefined && src.nodeName !== node
       ? NOT_JUDGED
-      : this.judge("egress", src, conn, dst);
+      : this.side("egress", src, conn, dst);
     const ingress = !dst
       ? NOT_A_POD
       : node !== undefined && dst.nodeName !== node
       ? NOT_JUDGED
-      : dst.ingress.length && dst.hostIPs.has(conn.src)
-      ? { verdict: "allow" as const, reason: { kind: "from-own-node" as const, pod: dst.key } }
-      : this.judge("ingress", dst, conn, src);
+      : this.side("ingress", dst, conn, src);
     const verdict = egress.verdict === "allow" && ingress.verdict === "allow" ? "allow" : "deny";
     return { verdict, egress, ingress, srcPod: src?.key, dstPod: dst?.key };
+  }
+
+  /**
+   * One side: Admin tier, NetworkPolicy tier (when isolated), Baseline tier, default allow.
+   * `peer` is the pod at the other end, if any.
+   */
+  private side(
+    direction: "ingress" | "egress",
+    pod: PodEntry,
+    conn: Connection,
+    peer: PodEntry | undefined,
+  ): DirectionResult {
+    const ingress = direction === "ingress";
+    const tiers = ingress ? pod.ingressTiers : pod.egressTiers;
+    // A pod reaching its own IP is not subject to cluster-scoped policy.
+    if (tiers === NO_TIERS || peer === pod) {
+      return this.networkPolicyTier(direction, pod, conn, peer);
+    }
+    let passed: TierRuleRef[] | undefined;
+    if (tiers.admin.length) {
+      const hit = this.tierMatch(
+        tiers.adminTable ??= new TierTable(direction, tiers.admin),
+        ingress,
+        pod,
+        conn,
+        peer,
+      );
+      if (hit) {
+        const decided = tierDecision(pod, hit, passed);
+        if (decided) return decided;
+        passed = [hit.rule.by];
+      }
+    }
+    if ((ingress ? pod.ingress : pod.egress).length) {
+      const r = this.networkPolicyTier(direction, pod, conn, peer);
+      return passed
+        ? { verdict: r.verdict, reason: { ...r.reason, passed } as DirectionReason }
+        : r;
+    }
+    if (tiers.baseline.length) {
+      const hit = this.tierMatch(
+        tiers.baselineTable ??= new TierTable(direction, tiers.baseline),
+        ingress,
+        pod,
+        conn,
+        peer,
+      );
+      if (hit) {
+        const decided = tierDecision(pod, hit, passed);
+        if (decided) return decided;
+        passed = [...(passed ?? []), hit.rule.by];
+      }
+    }
+    const reason: DirectionReason = passed
+      ? { kind: "default-allowed", pod: pod.key, consulted: tiers.consulted, passed }
+      : { kind: "default-allowed", pod: pod.key, consulted: tiers.consulted };
+    return { verdict: "allow", reason };
+  }
+
+  private tierMatch(
+    table: TierTable,
+    ingress: boolean,
+    pod: PodEntry,
+    conn: Connection,
+    peer: PodEntry | undefined,
+  ): TierHit | null {
+    const ctx = this.ctx;
+    ctx.pod = peer;
+    ctx.ipText = ingress ? conn.src : conn.dst;
+    ctx.parsed = undefined;
+    return table.match(conn.protocol, conn.port, ctx, ingress ? pod : peer);
+  }
+
+  /** The NetworkPolicy tier as it always was: own-node ingress, then the pod's rule tables. */
+  private networkPolicyTier(
+    direction: "ingress" | "egress",
+    pod: PodEntry,
+    conn: Connection,
+    peer: PodEntry | undefined,
+  ): DirectionResult {
+    if (direction === "ingress" && pod.ingress.length && pod.hostIPs.has(conn.src)) {
+      return { verdict: "allow", reason: { kind: "from-own-node", pod: pod.key } };
+    }
+    return this.judge(direction, pod, conn, peer);
   }
 
   /** One direction for one pod; `peer` is the pod at the other end, if any. */
@@ -378,7 +558,11 @@ export class PolicyEngine {
 
   // ---------------------------------------------------------------- for the dataplane
 
-  /** IPs of pods (on `node` when given) isolated for ingress / egress: what the rules must queue. */
+  /**
+   * IPs of pods (on `node` when given) whose ingress / egress some tier can deny: isolated by a
+   * NetworkPolicy in that direction, or selected by an Admin/Baseline policy with a Deny rule for
+   * that direction. What the rules must queue; every other packet's verdict is "allow" anyway.
+   */
   queuedIPs(node?: string): { ingress: string[]; egress: string[] } {
     const ingress: string[] = [];
     const egress: string[] = [];
@@ -386,8 +570,9 @@ export class PolicyEngine {
     for (const pod of pods) {
       for (const ip of pod.ips) {
         if (this.owner.get(ip) !== pod) continue;
-        if (pod.ingress.length) ingress.push(ip);
-        if (pod.egress.length) egress.push(ip);
+        // Only a NetworkPolicy or a tier rule that can deny changes the default outcome.
+        if (pod.ingress.length || pod.ingressTiers.canDeny) ingress.push(ip);
+        if (pod.egress.length || pod.egressTiers.canDeny) egress.push(ip);
       }
     }
     return { ingress: ingress.sort(), egress: egress.sort() };
@@ -405,6 +590,15 @@ export class PolicyEngine {
         pod.ingressTable ??= new RuleTable("ingress", pod.ingress, pod.namedPorts);
       }
       if (pod.egress.length) pod.egressTable ??= new RuleTable("egress", pod.egress, undefined);
+      for (
+        const [direction, t] of [["ingress", pod.ingressTiers], [
+          "egress",
+          pod.egressTiers,
+        ]] as const
+      ) {
+        if (t.admin.length) t.adminTable ??= new TierTable(direction, t.admin);
+        if (t.baseline.length) t.baselineTable ??= new TierTable(direction, t.baseline);
+      }
     }
     this.stale.clear();
     return n;
@@ -426,6 +620,18 @@ export class PolicyEngine {
     return this.pods.get(key)?.ips[0];
   }
 
+  /**
+   * Addresses a named pod answers on, for tools that name pods: the IPs it owns, or for a
+   * hostNetwork pod its node's addresses (judged as a non-pod endpoint). Undefined: no such pod.
+   */
+  podAddresses(key: string): { ips: string[]; hostNetwork: boolean } | undefined {
+    const pod = this.pods.get(key);
+    if (!pod) return undefined;
+    return pod.hostNetwork
+      ? { ips: [...pod.hostNetworkIPs], hostNetwork: true }
+      : { ips: pod.ips.filter((ip) => this.owner.get(ip) === pod), hostNetwork: false };
+  }
+
   /** namespace/name of every pod that owns an IP, sorted. */
   podKeys(): string[] {
     return [...this.pods.values()].filter((p) => p.ips.some((ip) => this.owner.get(ip) === p))
@@ -439,6 +645,163 @@ export class PolicyEngine {
   stats(): EngineStats {
     return { pods: this.pods.size, namespaces: this.namespaces.size, policies: this.policies.size };
   }
+
+  // ---------------------------------------------------------------- cluster-scoped tiers
+
+  /**
+   * Apply a ClusterNetworkPolicy, AdminNetworkPolicy or BaselineAdminNetworkPolicy. An invalid
+   * object is not applied (its last good version stays) and its errors are returned; a valid one
+   * may come back with warnings (`severity: "warning"`: e.g. a rule that fails closed).
+   */
+  upsertClusterPolicy(
+    kind: ClusterPolicyKind,
+    obj: ClusterPolicyObject,
+    source?: string,
+  ): ObjectError[] {
+    const { policy, errors } = compileClusterPolicy(kind, obj, source);
+    if (!policy) return errors;
+    this.removeClusterPolicy(policy.key);
+    this.tierViews.clear();
+    this.tierViewPairs.clear();
+    this.policyVersions.set(policy, ++this.policyVersionSeq);
+    this.clusterPolicies.set(policy.key, policy);
+    const selected = new Set<PodEntry>();
+    this.clusterSubjects.set(policy.key, selected);
+    for (const [namespace, pods] of this.podsByNamespace) {
+      if (!policy.subjectNamespaces.matches(this.namespaceLabels(namespace))) continue;
+      for (const pod of pods) {
+        if (pod.hostNetwork || (policy.subjectPods && !policy.subjectPods.matches(pod.labels))) {
+          continue;
+        }
+        insertInTierOrder(pod.tierPolicies, policy);
+        selected.add(pod);
+        this.rebuildTiers(pod);
+      }
+    }
+    this._generation++;
+    return errors;
+  }
+
+  deleteClusterPolicy(kind: ClusterPolicyKind, name: string): void {
+    if (this.removeClusterPolicy(clusterPolicyKey(kind, name))) this._generation++;
+  }
+
+  private removeClusterPolicy(key: string): boolean {
+    const old = this.clusterPolicies.get(key);
+    if (!old) return false;
+    this.clusterPolicies.delete(key);
+    // Views holding the old version must not be handed to other pods (pods keep theirs until
+    // re-selected; a view never changes).
+    this.tierViews.clear();
+    this.tierViewPairs.clear();
+    for (const pod of this.clusterSubjects.get(key) ?? []) {
+      pod.tierPolicies = pod.tierPolicies.filter((p) => p !== old);
+      this.rebuildTiers(pod);
+    }
+    this.clusterSubjects.delete(key);
+    return true;
+  }
+
+  /** Which cluster policies' subjects select this pod (after its labels or namespace changed). */
+  private selectTiersFor(pod: PodEntry): void {
+    for (const p of pod.tierPolicies) this.clusterSubjects.get(p.key)?.delete(pod);
+    pod.tierPolicies = [];
+    if (!pod.hostNetwork && this.clusterPolicies.size) {
+      const nsLabels = this.namespaceLabels(pod.namespace);
+      for (const policy of this.clusterPolicies.values()) {
+        if (!policy.subjectNamespaces.matches(nsLabels)) continue;
+        if (policy.subjectPods && !policy.subjectPods.matches(pod.labels)) continue;
+        pod.tierPolicies.push(policy);
+        this.clusterSubjects.get(policy.key)?.add(pod);
+      }
+      pod.tierPolicies.sort(tierOrder);
+    }
+    this.rebuildTiers(pod);
+  }
+
+  private rebuildTiers(pod: PodEntry): void {
+    const sorted = pod.tierPolicies;
+    const signature = sorted.map((p) => this.policyVersions.get(p)).join(",");
+    let pair = this.tierViewPairs.get(signature);
+    if (!pair) {
+      pair = [this.tierViewFor(sorted, "ingress"), this.tierViewFor(sorted, "egress")];
+      this.tierViewPairs.set(signature, pair);
+    }
+    [pod.ingressTiers, pod.egressTiers] = pair;
+    this.stale.add(pod);
+  }
+
+  /** The shared view of these policies (already in tier order) for one direction. */
+  private tierViewFor(sorted: CompiledClusterPolicy[], direction: "ingress" | "egress"): TierView {
+    const applies = (p: CompiledClusterPolicy) =>
+      (direction === "ingress" ? p.ingress : p.egress).length > 0;
+    const admin = sorted.filter((p) => p.tier === "Admin" && applies(p));
+    const baseline = sorted.filter((p) => p.tier === "Baseline" && applies(p));
+    if (admin.length === 0 && baseline.length === 0) return NO_TIERS;
+    const all = [...admin, ...baseline];
+    const key = `${direction}:${all.map((p) => this.policyVersions.get(p)).join(",")}`;
+    let view = this.tierViews.get(key);
+    if (!view) {
+      view = {
+        admin,
+        baseline,
+        consulted: all.map((p) => p.key),
+        canDeny: all.some((p) => direction === "ingress" ? p.ingressCanDeny : p.egressCanDeny),
+      };
+      this.tierViews.set(key, view);
+    }
+    return view;
+  }
+
+  upsertNode(node: Node): ObjectError[] {
+    const errors = this.nodes.upsert(node);
+    this._generation++;
+    return errors;
+  }
+
+  deleteNode(name: string): void {
+    if (this.nodes.delete(name)) this._generation++;
+  }
+
+  /** "<Kind>/<name>" of every applied cluster-scoped policy, in evaluation order per tier. */
+  clusterPolicyKeys(): string[] {
+    const all = [...this.clusterPolicies.values()].sort(tierOrder);
+    return [
+      ...all.filter((p) => p.tier === "Admin"),
+      ...all.filter((p) => p.tier === "Baseline"),
+    ].map((p) => p.key);
+  }
+
+  tierStats(): TierStats {
+    return { clusterPolicies: this.clusterPolicies.size, nodes: this.nodes.size };
+  }
+}
+
+/** Insert keeping tier order (binary search: a pod may be selected by many policies). */
+function insertInTierOrder(list: CompiledClusterPolicy[], policy: CompiledClusterPolicy): void {
+  let lo = 0;
+  let hi = list.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (tierOrder(list[mid]!, policy) < 0) lo = mid + 1;
+    else hi = mid;
+  }
+  list.splice(lo, 0, policy);
+}
+
+/** Accept and Deny decide the side; Pass (null) goes on to the next tier. */
+function tierDecision(
+  pod: PodEntry,
+  hit: TierHit,
+  passed: TierRuleRef[] | undefined,
+): DirectionResult | null {
+  const action = hit.rule.action;
+  if (action === "Pass") return null;
+  const kind = action === "Accept" ? "tier-accepted" as const : "tier-denied" as const;
+  const reason: DirectionReason = passed
+    ? { kind, pod: pod.key, by: hit.rule.by, passed }
+    : { kind, pod: pod.key, by: hit.rule.by };
+  return { verdict: action === "Accept" ? "allow" : "deny", reason };
 }
 
 /** The pod's selecting policies changed: new explanation keys, tables rebuilt on next use. */

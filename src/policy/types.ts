@@ -95,8 +95,155 @@ export interface NetworkPolicy {
   };
 }
 
-/** The object kinds the engine consumes. */
+/** The object kinds of the NetworkPolicy tier (namespaces, pods and namespaced policies). */
 export type ObjectKind = "Pod" | "Namespace" | "NetworkPolicy";
+
+// ------------------------------------------------------------------ cluster-scoped tiers
+// policy.networking.k8s.io: ClusterNetworkPolicy (v1alpha2), AdminNetworkPolicy and
+// BaselineAdminNetworkPolicy (v1alpha1), and core/v1 Node for `nodes` egress peers. As above,
+// these are the shapes as parsed from JSON; compile (cluster_compile.ts) validates every field.
+
+/** Cluster-scoped kinds the engine consumes (besides ObjectKind). */
+export type ClusterObjectKind =
+  | "Node"
+  | "ClusterNetworkPolicy"
+  | "AdminNetworkPolicy"
+  | "BaselineAdminNetworkPolicy";
+
+/** Every kind a StateEvent can carry. */
+export type StateObjectKind = ObjectKind | ClusterObjectKind;
+
+/** The three cluster-scoped policy kinds. */
+export type ClusterPolicyKind = Exclude<ClusterObjectKind, "Node">;
+
+export interface NodeAddress {
+  type?: string; // InternalIP | ExternalIP | Hostname | ...
+  address?: string;
+}
+
+export interface Node {
+  apiVersion?: string;
+  kind?: "Node";
+  metadata: ObjectMeta;
+  status?: { addresses?: NodeAddress[] };
+}
+
+/** `pods` subject or peer: namespaceSelector AND podSelector (each `{}` or absent: all). */
+export interface NamespacedPod {
+  namespaceSelector?: LabelSelector;
+  podSelector?: LabelSelector;
+}
+
+/** Exactly one field is set (the API enforces it). */
+export interface ClusterPolicySubject {
+  namespaces?: LabelSelector;
+  pods?: NamespacedPod;
+}
+
+export interface ClusterIngressPeer {
+  namespaces?: LabelSelector;
+  pods?: NamespacedPod;
+}
+
+export interface ClusterEgressPeer extends ClusterIngressPeer {
+  nodes?: LabelSelector;
+  networks?: string[];
+  domainNames?: string[];
+}
+
+/** v1alpha2 destinationPort: a number or an inclusive range (start < end). */
+export interface ClusterPortSpec {
+  number?: number;
+  range?: { start: number; end: number };
+}
+
+/** v1alpha2 protocols entry: exactly one field. */
+export interface ClusterNetworkPolicyProtocol {
+  tcp?: { destinationPort?: ClusterPortSpec };
+  udp?: { destinationPort?: ClusterPortSpec };
+  sctp?: { destinationPort?: ClusterPortSpec };
+  destinationNamedPort?: string;
+}
+
+export interface ClusterNetworkPolicyIngressRule {
+  name?: string;
+  action: string; // Accept | Deny | Pass
+  from: ClusterIngressPeer[];
+  protocols?: ClusterNetworkPolicyProtocol[];
+}
+
+export interface ClusterNetworkPolicyEgressRule {
+  name?: string;
+  action: string;
+  to: ClusterEgressPeer[];
+  protocols?: ClusterNetworkPolicyProtocol[];
+}
+
+export interface ClusterNetworkPolicy {
+  apiVersion?: string;
+  kind?: "ClusterNetworkPolicy";
+  metadata: ObjectMeta;
+  spec: {
+    tier: string; // Admin | Baseline
+    priority: number; // 0..1000
+    subject: ClusterPolicySubject;
+    ingress?: ClusterNetworkPolicyIngressRule[];
+    egress?: ClusterNetworkPolicyEgressRule[];
+  };
+}
+
+/** v1alpha1 ports entry: exactly one field; protocol defaults to TCP. */
+export interface AdminNetworkPolicyPort {
+  portNumber?: { protocol?: Protocol; port: number };
+  portRange?: { protocol?: Protocol; start: number; end: number };
+  namedPort?: string;
+}
+
+export interface AdminNetworkPolicyIngressRule {
+  name?: string;
+  action: string; // Allow | Deny | Pass (BaselineAdminNetworkPolicy: Allow | Deny)
+  from: ClusterIngressPeer[];
+  ports?: AdminNetworkPolicyPort[];
+}
+
+export interface AdminNetworkPolicyEgressRule {
+  name?: string;
+  action: string;
+  to: ClusterEgressPeer[];
+  ports?: AdminNetworkPolicyPort[];
+}
+
+export interface AdminNetworkPolicy {
+  apiVersion?: string;
+  kind?: "AdminNetworkPolicy";
+  metadata: ObjectMeta;
+  spec: {
+    priority: number;
+    subject: ClusterPolicySubject;
+    ingress?: AdminNetworkPolicyIngressRule[];
+    egress?: AdminNetworkPolicyEgressRule[];
+  };
+}
+
+/** The singleton: only `metadata.name: default` is valid. */
+export interface BaselineAdminNetworkPolicy {
+  apiVersion?: string;
+  kind?: "BaselineAdminNetworkPolicy";
+  metadata: ObjectMeta;
+  spec: {
+    subject: ClusterPolicySubject;
+    ingress?: AdminNetworkPolicyIngressRule[];
+    egress?: AdminNetworkPolicyEgressRule[];
+  };
+}
+
+export type ClusterPolicyObject =
+  | ClusterNetworkPolicy
+  | AdminNetworkPolicy
+  | BaselineAdminNetworkPolicy;
+
+/** The cluster-scoped tiers, in evaluation order around the NetworkPolicy tier. */
+export type Tier = "Admin" | "Baseline";
 
 /** A new connection as the engine sees it: the first packet's addresses, protocol and port. */
 export interface Connection {
@@ -112,8 +259,21 @@ export type Direction = "ingress" | "egress";
 export type Verdict = "allow" | "deny";
 
 /**
+ * A rule of an Admin or Baseline tier policy. `policy` is "<Kind>/<name>" (e.g.
+ * "ClusterNetworkPolicy/deny-egress"); `rule` is the rule's `name` when it has one, else its
+ * 0-based index in spec.ingress / spec.egress.
+ */
+export interface TierRuleRef {
+  tier: Tier;
+  policy: string;
+  rule: string | number;
+}
+
+/**
  * Why one direction came out the way it did. Every verdict carries one, so a deny can always be
  * traced to the policies that isolate the pod, and an allow to the policy and rule that matched.
+ * `passed` (present only when non-empty) lists the `Pass` rules that sent this side on to the
+ * next tier before the reason's own tier decided.
  */
 export type DirectionReason =
   /** This side was not judged here (e.g. the pod is not local to this node, or simulate skipped it). */
@@ -123,11 +283,20 @@ export type DirectionReason =
   /** The pod is not selected by any policy with this direction among its policyTypes. */
   | { kind: "not-isolated"; pod: string }
   /** Ingress from the pod's own node (kubelet probes) is always allowed. */
-  | { kind: "from-own-node"; pod: string }
+  | { kind: "from-own-node"; pod: string; passed?: TierRuleRef[] }
   /** Allowed by rule `rule` (0-based index into spec.ingress / spec.egress) of `policy`. */
-  | { kind: "allowed"; pod: string; policy: string; rule: number }
+  | { kind: "allowed"; pod: string; policy: string; rule: number; passed?: TierRuleRef[] }
   /** Denied: these policies (namespace/name) isolate the pod and none of their rules matched. */
-  | { kind: "denied"; pod: string; isolatedBy: string[] };
+  | { kind: "denied"; pod: string; isolatedBy: string[]; passed?: TierRuleRef[] }
+  /** An Admin or Baseline tier rule with action Accept (Allow) decided: allowed. */
+  | { kind: "tier-accepted"; pod: string; by: TierRuleRef; passed?: TierRuleRef[] }
+  /** An Admin or Baseline tier rule with action Deny decided: denied. */
+  | { kind: "tier-denied"; pod: string; by: TierRuleRef; passed?: TierRuleRef[] }
+  /**
+   * Admin/Baseline policies (`consulted`, in tier order) select the pod, but no rule decided and
+   * no NetworkPolicy isolates it: allowed by default.
+   */
+  | { kind: "default-allowed"; pod: string; consulted: string[]; passed?: TierRuleRef[] };
 
 export interface DirectionResult {
   verdict: Verdict;
@@ -153,6 +322,11 @@ export interface ObjectError {
   /** JSON-ish path of the offending field, e.g. "spec.ingress[0].from[1].ipBlock.cidr". */
   field: string;
   message: string;
+  /**
+   * "warning": the object was applied anyway (e.g. a rule with an unknown action now fails
+   * closed, or a `domainNames` peer that matches nothing). Absent: the object was not applied.
+   */
+  severity?: "warning";
 }
 
 export function formatObjectError(e: ObjectError): string {

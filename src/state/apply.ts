@@ -16,13 +16,33 @@ export function applyEvent(engine: PolicyEngine, ev: StateEvent): ObjectError[] 
       case "NetworkPolicy":
         engine.deletePolicy(namespace, ev.name);
         break;
+      case "Node":
+        engine.deleteNode(ev.name);
+        break;
+      case "ClusterNetworkPolicy":
+      case "AdminNetworkPolicy":
+      case "BaselineAdminNetworkPolicy":
+        engine.deleteClusterPolicy(ev.kind, ev.name);
+        break;
     }
     return [];
   }
-  const errors = ev.kind === "Pod"
-    ? engine.upsertPod(ev.object)
-    : ev.kind === "Namespace"
-    ? engine.upsertNamespace(ev.object)
-    : engine.upsertPolicy(ev.object, ev.source);
+  let errors: ObjectError[];
+  switch (ev.kind) {
+    case "Pod":
+      errors = engine.upsertPod(ev.object);
+      break;
+    case "Namespace":
+      errors = engine.upsertNamespace(ev.object);
+      break;
+    case "NetworkPolicy":
+      errors = engine.upsertPolicy(ev.object, ev.source);
+      break;
+    case "Node":
+      errors = engine.upsertNode(ev.object);
+      break;
+    default:
+      errors = engine.upsertClusterPolicy(ev.kind, ev.object, ev.source);
+  }
   return ev.source ? errors.map((e) => ({ ...e, source: e.source ?? ev.source })) : errors;
 }
