@@ -14,15 +14,7 @@
 import { parseArgs } from "node:util";
 import { LabAgent, ManifestDir } from "./agent.ts";
 import { defaultPlan, labLayout, nodeObjects, spreadPlan } from "./cluster.ts";
-import {
-  allPairs,
-  observedVerdict,
-  probeFrom,
-  probeMatrices,
-  type ProbeMatrix,
-  type ProbeResult,
-  verdictMatrix,
-} from "./probe.ts";
+import { allPairs, probeMatrices, reprobeInconclusive, verdictMatrix } from "./probe.ts";
 import { sctpSupport, startServers } from "./servers.ts";
 import { cleanupStaleLabs, createLab, type Lab } from "./topology.ts";
 import {
@@ -67,58 +59,8 @@ export interface CaseOutcome {
   ms: number;
   /** Expected-vs-observed matrices of the columns that differed. */
   diffs: string[];
-  /** Cells probed a second time because the first probe was inconclusive (see reprobe). */
+  /** Cells probed a second time because the first probe was inconclusive (reprobeInconclusive). */
   retried: string[];
-}
-
-/** What a probe saw, for messages: "refused", "timeout", "connected, answered by y/b". */
-function describeResult(r: ProbeResult): string {
-  if (r.outcome !== "connected") return `${r.outcome} after ${r.ms} ms`;
-  return r.server ? `connected, answered by ${r.server}` : `connected, no answer in time`;
-}
-
-/**
- * A denied probe that should have been allowed is inconclusive unless the connection was refused
- * (the agent's reset or ICMP unreachable): a timeout or a missing greeting may be a starved process
- * on a busy machine. Such cells get one more NEW connection. A refusal, and an allow where a deny
- * was expected, are never retried, and a wrong verdict repeats itself on the second probe.
- */
-async function reprobe(
-  lab: Lab,
-  combos: { protocol: "TCP" | "UDP"; port: number; matrix: Matrix }[],
-  observed: ProbeMatrix[],
-): Promise<string[]> {
-  const cells: { combo: number; from: string; to: string; first: ProbeResult }[] = [];
-  combos.forEach((c, i) => {
-    for (const [from, row] of observed[i]!) {
-      for (const [to, res] of row) {
-        const inconclusive = res.outcome !== "refused" && observedVerdict(res, to) === "deny";
-        if (inconclusive && c.matrix.get(from)?.get(to) === "allow") {
-          cells.push({ combo: i, from, to, first: res });
-        }
-      }
-    }
-  });
-  const bySource = Map.groupBy(cells, (c) => c.from);
-  await Promise.all([...bySource].map(async ([from, list]) => {
-    const results = await probeFrom(
-      lab,
-      lab.pod(from).netns,
-      list.map((c) => ({
-        ip: lab.pod(c.to).ip,
-        protocol: combos[c.combo]!.protocol,
-        port: combos[c.combo]!.port,
-      })),
-    );
-    list.forEach((c, i) => observed[c.combo]!.get(from)!.set(c.to, results[i]!));
-  }));
-  return cells.map((c) => {
-    const { protocol, port } = combos[c.combo]!;
-    const again = observed[c.combo]!.get(c.from)!.get(c.to)!;
-    return `${protocol}/${port} ${c.from} -> ${c.to}: ${describeResult(c.first)}, then ${
-      describeResult(again)
-    }`;
-  });
 }
 
 export interface LabCaseRunnerOptions {
@@ -209,7 +151,12 @@ export class LabCaseRunner {
       return false;
     }) as { protocol: "TCP" | "UDP"; port: number; matrix: Matrix }[];
     const observed = await probeMatrices(this.lab, allPairs(this.lab), combos);
-    const retried = await reprobe(this.lab, combos, observed);
+    const retried = await reprobeInconclusive(
+      this.lab,
+      combos,
+      observed,
+      (i, from, to) => combos[i]!.matrix.get(from)?.get(to),
+    );
     const diffs: string[] = [];
     combos.forEach((e, i) => {
       const seen = verdictMatrix(observed[i]!);
