@@ -1,7 +1,8 @@
 /**
- * The real agent (`main.ts run --manifests`) running inside a lab's node netns, plus what the lab
- * needs to drive it: the manifest directory it watches, readiness, and "policies enforced" (the
- * policy set in force equals the expected one and the rules caught up with it).
+ * The real agent (`main.ts run --manifests`) running inside a lab's node netns (the netns of the
+ * lab node it is named after; in a multi-node lab one agent per node), plus what the lab needs to
+ * drive it: the manifest directory it watches, readiness, "policies enforced" (the policy set in
+ * force equals the expected one and the rules caught up with it), its metrics and log lines.
  *
  * The agent's HTTP endpoints listen on 127.0.0.1 INSIDE the node netns (or on every address of it
  * with `metricsBindAll`, as the DaemonSet's `:9080` does), which the driver (in the root netns)
@@ -16,7 +17,10 @@ const MAIN_TS = new URL("../../main.ts", import.meta.url).pathname;
 const REPO_ROOT = new URL("../../", import.meta.url).pathname;
 
 export interface LabAgentOptions {
-  /** Node name the agent runs as (pods in the manifests must carry it as spec.nodeName). */
+  /**
+   * Node name the agent runs as (pods in the manifests must carry it as spec.nodeName). It runs in
+   * the netns of the lab node of that name; a single-node lab runs it in its node whatever the name.
+   */
   nodeName: string;
   /** Directory with the manifests the agent watches (see ManifestDir). */
   manifestsDir?: string;
@@ -44,27 +48,61 @@ export interface DebugPolicies {
   invalid?: string[];
 }
 
-/** Keep the last lines of the agent's log for failure reports, without growing forever. */
+/**
+ * The agent's recent log lines, numbered from its start: the last ones for failure reports, and
+ * the lines since a mark for checks that read what the agent said about their own connections.
+ */
 class LogTail {
   private readonly lines: string[] = [];
+  /** Lines seen in total (the number the next line gets). */
+  total = 0;
   constructor(private readonly max: number) {}
   push(line: string): void {
     this.lines.push(line);
+    this.total++;
     if (this.lines.length > this.max) this.lines.shift();
   }
-  text(): string {
-    return this.lines.join("\n");
+  /** The lines numbered `from` and later that are still kept. */
+  since(from: number): string[] {
+    const first = this.total - this.lines.length;
+    return this.lines.slice(Math.max(0, from - first));
+  }
+  text(last = 200): string {
+    return this.lines.slice(-last).join("\n");
   }
 }
 
+/** `kube_netpol_verdicts_total` as "direction/verdict" -> count ("egress/deny": 3). */
+export type VerdictCounts = Record<string, number>;
+
+/** Parse the per-direction verdict counters out of a /metrics body. */
+export function parseVerdictCounts(metrics: string): VerdictCounts {
+  const out: VerdictCounts = {};
+  const re = /^kube_netpol_verdicts_total\{direction="(\w+)",verdict="(\w+)"\} (\d+)$/gm;
+  for (const m of metrics.matchAll(re)) out[`${m[1]}/${m[2]}`] = Number(m[3]);
+  return out;
+}
+
+/** Which netns an agent named `nodeName` runs in. */
+function agentNetns(lab: Lab, nodeName: string): string {
+  const node = lab.nodes.find((n) => n.name === nodeName);
+  if (node) return node.netns;
+  if (lab.nodes.length === 1) return lab.nodeNetns;
+  throw new Error(`no lab node ${nodeName} (nodes: ${lab.nodes.map((n) => n.name).join(", ")})`);
+}
+
 export class LabAgent {
-  private readonly tail = new LogTail(200);
+  // Enough for every verdict line of a few probe rounds at -v 4.
+  private readonly tail = new LogTail(5000);
   private exited?: Deno.CommandStatus;
 
   private constructor(
     private readonly lab: Lab,
     private readonly child: Deno.ChildProcess,
     readonly port: number,
+    /** The node it runs as, and the netns it runs in. */
+    readonly nodeName: string,
+    readonly netns: string,
   ) {
     child.status.then((s) => this.exited = s);
   }
@@ -104,12 +142,13 @@ export class LabAgent {
       String(opts.verbosity ?? 2),
       ...(opts.extraArgs ?? []),
     ];
-    const child = lab.spawn(lab.nodeNetns, args, {
+    const netns = agentNetns(lab, opts.nodeName);
+    const child = lab.spawn(netns, args, {
       stdout: "piped",
       stderr: "piped",
       cwd: REPO_ROOT,
     });
-    const agent = new LabAgent(lab, child, port);
+    const agent = new LabAgent(lab, child, port, opts.nodeName, netns);
     agent.collect(child.stdout, !!opts.echoLogs);
     agent.collect(child.stderr, !!opts.echoLogs);
     try {
@@ -136,9 +175,26 @@ export class LabAgent {
     })().catch(() => {});
   }
 
-  /** The agent's recent log lines. */
+  /** The agent's recent log lines (the last 200). */
   logs(): string {
     return this.tail.text();
+  }
+
+  /** A mark for `logsSince`: the number of log lines so far. */
+  logMark(): number {
+    return this.tail.total;
+  }
+
+  /** The log lines written after `mark` (as far as they are still kept). */
+  logsSince(mark: number): string[] {
+    return this.tail.since(mark);
+  }
+
+  /** The per-direction verdict counters from /metrics. */
+  async verdictCounts(): Promise<VerdictCounts> {
+    const r = await this.get("/metrics");
+    if (r.status !== 200) throw this.fail(`/metrics answered ${r.status}`);
+    return parseVerdictCounts(r.body);
   }
 
   get running(): boolean {
@@ -147,7 +203,7 @@ export class LabAgent {
 
   /** GET a path on the agent's HTTP server (from inside the node netns). */
   async get(path: string): Promise<{ status: number; body: string }> {
-    const r = await this.lab.exec(this.lab.nodeNetns, [
+    const r = await this.lab.exec(this.netns, [
       "curl",
       "-s",
       "-m",
@@ -163,7 +219,7 @@ export class LabAgent {
 
   private fail(msg: string): Error {
     const exit = this.exited ? ` (agent exited with code ${this.exited.code})` : "";
-    return new Error(`${msg}${exit}\n--- agent log (tail) ---\n${this.logs()}`);
+    return new Error(`${msg}${exit}\n--- agent ${this.nodeName} log (tail) ---\n${this.logs()}`);
   }
 
   async waitReady(timeoutMs = 30_000): Promise<void> {
@@ -254,6 +310,11 @@ export class ManifestDir {
 
   writePolicies(policies: unknown[]): Promise<void> {
     return this.write("policies.yaml", policies);
+  }
+
+  /** Node objects (multi-node labs); today's agent skips them with a notice. */
+  writeNodes(nodes: unknown[]): Promise<void> {
+    return this.write("nodes.yaml", nodes);
   }
 
   async remove(): Promise<void> {

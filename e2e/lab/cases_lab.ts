@@ -1,17 +1,20 @@
 /**
  * `deno task e2e:lab`: every connectivity case of e2e/cases against the real agent in the lab.
- * One lab, one agent: per case the policy file is rewritten (a live change), the agent is awaited
- * until it enforces exactly the case's policies, then every ordered pair of distinct pods is
- * probed with NEW connections for each expected (protocol, port) and compared with the case.
+ * One lab, one agent per node: per case the policy file is rewritten (a live change), every agent
+ * is awaited until it enforces exactly the case's policies, then every ordered pair of distinct
+ * pods is probed with NEW connections for each expected (protocol, port) and compared with the
+ * case. With `--nodes n` the model's pods are spread over n node netns joined by a router (see
+ * cluster.ts `spreadPlan`), each with its own agent, all fed by one manifest directory.
  *
- *   deno run --frozen -A e2e/lab/cases_lab.ts [--case <name>]... [--keep] [--max-seconds 900]
+ *   deno run --frozen -A e2e/lab/cases_lab.ts [--nodes 2] [--case <name>]... [--keep]
+ *     [--max-seconds 900]
  *
  * Exit code 0 when every case matched, 1 on a mismatch, 2 on a usage or set-up error.
  */
 import { parseArgs } from "node:util";
 import { LabAgent, ManifestDir } from "./agent.ts";
-import { defaultPlan } from "./cluster.ts";
-import { allPairs, probeMatrices, verdictMatrix } from "./probe.ts";
+import { defaultPlan, labLayout, nodeObjects, spreadPlan } from "./cluster.ts";
+import { allPairs, probeMatrices, reprobeInconclusive, verdictMatrix } from "./probe.ts";
 import { sctpSupport, startServers } from "./servers.ts";
 import { cleanupStaleLabs, createLab, type Lab } from "./topology.ts";
 import {
@@ -23,6 +26,7 @@ import {
   type Verdict,
 } from "../cases/format.ts";
 import { modelNamespaces, modelPods } from "../cases/model.ts";
+import type { NetworkPolicy } from "../../src/policy/types.ts";
 
 export const CASES_DIR = new URL("../cases/", import.meta.url).pathname;
 
@@ -55,61 +59,104 @@ export interface CaseOutcome {
   ms: number;
   /** Expected-vs-observed matrices of the columns that differed. */
   diffs: string[];
+  /** Cells probed a second time because the first probe was inconclusive (reprobeInconclusive). */
+  retried: string[];
 }
 
-/** One lab, servers and agent shared by every case; policies are swapped live between cases. */
+export interface LabCaseRunnerOptions {
+  verbose?: boolean;
+  /** Node netns, each with its own agent; default 1 (the single-node lab, model IPs). */
+  nodes?: number;
+  /** Name prefix of the lab's netns; default "knpcase". */
+  prefix?: string;
+  /** The agents' `-v` (default 2; 4 logs every verdict). */
+  verbosity?: number;
+  /** More agent flags, e.g. ["--log-format", "json"]. */
+  agentArgs?: string[];
+}
+
+/** One lab, servers and agents shared by every case; policies are swapped live between cases. */
 export class LabCaseRunner {
   private constructor(
     readonly lab: Lab,
-    private readonly agent: LabAgent,
-    private readonly dir: ManifestDir,
+    /** One per lab node, in the lab's node order. */
+    readonly agents: LabAgent[],
+    readonly dir: ManifestDir,
     private readonly sctpReason: string,
   ) {}
 
-  static async start(opts: { verbose?: boolean } = {}): Promise<LabCaseRunner> {
-    await cleanupStaleLabs("knpcase");
-    const plan = defaultPlan();
-    const lab = await createLab({ prefix: "knpcase", pods: plan.pods });
+  static async start(opts: LabCaseRunnerOptions = {}): Promise<LabCaseRunner> {
+    const prefix = opts.prefix ?? "knpcase";
+    await cleanupStaleLabs(prefix);
+    const nodes = opts.nodes ?? 1;
+    const plan = nodes === 1 ? defaultPlan() : spreadPlan(nodes);
+    const lab = await createLab({ prefix, ...labLayout(plan) });
     const dir = await ManifestDir.create();
+    const agents: LabAgent[] = [];
     try {
       await startServers(lab);
       const model = [
         ...modelNamespaces(),
-        ...modelPods((ns, name) => ({
-          ip: lab.pod(`${ns}/${name}`).ip,
-          nodeName: plan.nodeName,
-          hostIP: lab.nodeIP,
-        })),
+        ...modelPods((ns, name) => {
+          const pod = lab.pod(`${ns}/${name}`);
+          const node = lab.node(pod.node);
+          return {
+            ip: pod.ip,
+            ...(pod.ip6 ? { ips: [pod.ip, pod.ip6] } : {}),
+            nodeName: plan.nodes ? node.name : plan.nodeName,
+            hostIP: node.ip,
+          };
+        }),
       ];
       await dir.writeModel(model);
+      if (plan.nodes) await dir.writeNodes(nodeObjects(lab));
       await dir.writePolicies([]);
-      const agent = await LabAgent.start(lab, {
-        nodeName: plan.nodeName,
-        manifestsDir: dir.path,
-        echoLogs: opts.verbose,
-      });
-      return new LabCaseRunner(lab, agent, dir, sctpSupport().reason);
+      // In parallel: each agent's start-up is mostly waiting for Deno to load.
+      const started = await Promise.allSettled(lab.nodes.map((n) =>
+        LabAgent.start(lab, {
+          nodeName: plan.nodes ? n.name : plan.nodeName,
+          manifestsDir: dir.path,
+          echoLogs: opts.verbose,
+          ...(opts.verbosity !== undefined ? { verbosity: opts.verbosity } : {}),
+          ...(opts.agentArgs ? { extraArgs: opts.agentArgs } : {}),
+        })
+      ));
+      for (const s of started) if (s.status === "fulfilled") agents.push(s.value);
+      const failed = started.find((s) => s.status === "rejected");
+      if (failed) throw (failed as PromiseRejectedResult).reason;
+      return new LabCaseRunner(lab, agents, dir, sctpSupport().reason);
     } catch (e) {
+      for (const a of agents) await a.kill("SIGTERM").catch(() => {});
       await lab.destroy();
       await dir.remove();
       throw e;
     }
   }
 
+  /** Write `policies` and wait until every agent enforces exactly them. */
+  async applyPolicies(policies: NetworkPolicy[]): Promise<void> {
+    await this.dir.writePolicies(policies);
+    const keys = policies.map((p) => `${p.metadata.namespace ?? "default"}/${p.metadata.name}`);
+    await Promise.all(this.agents.map((a) => a.waitEnforced(keys)));
+  }
+
   async run(c: ConnectivityCase): Promise<CaseOutcome> {
     const start = Date.now();
     const skipped: string[] = [];
     const policies = resolvePlaceholders(c.policies, (ns, pod) => this.lab.pod(`${ns}/${pod}`).ip);
-    await this.dir.writePolicies(policies);
-    await this.agent.waitEnforced(
-      policies.map((p) => `${p.metadata.namespace ?? "default"}/${p.metadata.name}`),
-    );
+    await this.applyPolicies(policies);
     const combos = c.expect.filter((e) => {
       if (e.protocol !== "SCTP") return true;
       skipped.push(`SCTP ${e.port} (${this.sctpReason})`);
       return false;
     }) as { protocol: "TCP" | "UDP"; port: number; matrix: Matrix }[];
     const observed = await probeMatrices(this.lab, allPairs(this.lab), combos);
+    const retried = await reprobeInconclusive(
+      this.lab,
+      combos,
+      observed,
+      (i, from, to) => combos[i]!.matrix.get(from)?.get(to),
+    );
     const diffs: string[] = [];
     combos.forEach((e, i) => {
       const seen = verdictMatrix(observed[i]!);
@@ -125,19 +172,25 @@ export class LabCaseRunner {
       skipped,
       ms: Date.now() - start,
       diffs,
+      retried,
     };
   }
 
-  agentLogs(): string {
-    return this.agent.logs();
+  /** The last `lines` log lines of every agent, headed by its node. */
+  agentLogs(lines = 30): string {
+    return this.agents.map((a) =>
+      `--- agent ${a.nodeName} log (tail) ---\n${a.logs().split("\n").slice(-lines).join("\n")}`
+    ).join("\n");
   }
 
   describe(): string {
-    return `node netns ${this.lab.nodeNetns}, manifests ${this.dir.path}`;
+    const nodes = this.lab.nodes.map((n) => `${n.name}: ${n.netns}`).join(", ");
+    const router = this.lab.routerNetns ? `, router netns ${this.lab.routerNetns}` : "";
+    return `node netns ${nodes}${router}, manifests ${this.dir.path}`;
   }
 
   async stop(): Promise<void> {
-    await this.agent.kill("SIGTERM").catch(() => {});
+    await Promise.all(this.agents.map((a) => a.kill("SIGTERM").catch(() => {})));
     await this.lab.destroy();
     await this.dir.remove();
   }
@@ -150,13 +203,21 @@ async function main(): Promise<number> {
       args: Deno.args,
       options: {
         case: { type: "string", multiple: true },
+        nodes: { type: "string", default: "1" },
         keep: { type: "boolean", default: false },
         "max-seconds": { type: "string", default: "900" },
         verbose: { type: "boolean", default: false },
       },
     }).values;
   } catch (e) {
-    console.error(`${(e as Error).message}\nusage: cases_lab.ts [--case <name>]... [--keep]`);
+    console.error(
+      `${(e as Error).message}\nusage: cases_lab.ts [--nodes n] [--case <name>]... [--keep]`,
+    );
+    return 2;
+  }
+  const nodes = Number(args.nodes);
+  if (!Number.isInteger(nodes) || nodes < 1 || nodes > 11) {
+    console.error(`--nodes must be a whole number from 1 to 11, got ${args.nodes}`);
     return 2;
   }
   if (Deno.uid() !== 0) {
@@ -174,7 +235,9 @@ async function main(): Promise<number> {
     }
     all = all.filter((c) => wanted.has(c.name));
   }
-  const runner = await LabCaseRunner.start({ verbose: args.verbose });
+  const setupStart = Date.now();
+  const runner = await LabCaseRunner.start({ verbose: args.verbose, nodes });
+  console.log(`lab with ${nodes} node(s) ready in ${Date.now() - setupStart} ms`);
   const outcomes: CaseOutcome[] = [];
   try {
     for (const c of all) {
@@ -186,13 +249,22 @@ async function main(): Promise<number> {
       try {
         const o = await runner.run(c);
         outcomes.push(o);
+        for (const r of o.retried) console.log(`  probed again: ${r}`);
         for (const d of o.diffs) console.log(`  expected vs observed, ${d}`);
         console.log(
           `  ${o.status.toUpperCase()} in ${o.ms} ms` +
             (o.skipped.length ? `; skipped ${o.skipped.join(", ")}` : ""),
         );
       } catch (e) {
-        outcomes.push({ name: c.name, status: "error", checked: 0, skipped: [], ms: 0, diffs: [] });
+        outcomes.push({
+          name: c.name,
+          status: "error",
+          checked: 0,
+          skipped: [],
+          ms: 0,
+          diffs: [],
+          retried: [],
+        });
         console.log(`  ERROR ${(e as Error).message}`);
       }
     }

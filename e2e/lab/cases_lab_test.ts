@@ -27,12 +27,14 @@ for (const c of cases) {
     fn: async () => {
       assert.ok(runner, "the lab did not start");
       const o = await runner.run(c);
+      // Shown even on a pass: a cell that needed a second probe says how busy the machine was.
+      for (const r of o.retried) console.log(`probed again: ${r}`);
       assert.equal(
         o.status,
         "pass",
-        `${c.file}: ${c.description}\n${o.diffs.join("\n")}\n--- agent log (tail) ---\n${
-          runner.agentLogs().split("\n").slice(-30).join("\n")
-        }`,
+        `${c.file}: ${c.description}\n${o.retried.map((r) => `probed again: ${r}\n`).join("")}${
+          o.diffs.join("\n")
+        }\n${runner.agentLogs()}`,
       );
     },
   });

@@ -134,3 +134,56 @@ export function verdictMatrix(m: ProbeMatrix): Map<string, Map<string, Observed>
   }
   return out;
 }
+
+/** What a probe saw, for messages: "refused after 3 ms", "connected, answered by y/b". */
+export function describeResult(r: ProbeResult): string {
+  if (r.outcome !== "connected") return `${r.outcome} after ${r.ms} ms`;
+  return r.server ? `connected, answered by ${r.server}` : "connected, no answer in time";
+}
+
+/**
+ * A denied probe that should have been allowed is inconclusive unless the connection was refused
+ * (a reset or ICMP unreachable): a timeout or a missing greeting may be a starved process on a
+ * busy machine. Such cells get one more NEW connection, whose result replaces the first in
+ * `observed`. A refusal, and an allow where a deny was expected, are never retried, and a wrong
+ * verdict repeats itself on the second probe. Returns one line per retried cell.
+ */
+export async function reprobeInconclusive(
+  lab: Lab,
+  combos: { protocol: LabProtocol; port: number }[],
+  observed: ProbeMatrix[],
+  expected: (combo: number, from: string, to: string) => Observed | undefined,
+  opts: ProbeOptions = {},
+): Promise<string[]> {
+  const cells: { combo: number; from: string; to: string; first: ProbeResult }[] = [];
+  combos.forEach((_, i) => {
+    for (const [from, row] of observed[i]!) {
+      for (const [to, res] of row) {
+        const inconclusive = res.outcome !== "refused" && observedVerdict(res, to) === "deny";
+        if (inconclusive && expected(i, from, to) === "allow") {
+          cells.push({ combo: i, from, to, first: res });
+        }
+      }
+    }
+  });
+  await Promise.all([...Map.groupBy(cells, (c) => c.from)].map(async ([from, list]) => {
+    const results = await probeFrom(
+      lab,
+      lab.pod(from).netns,
+      list.map((c) => ({
+        ip: targetIP(lab.pod(c.to), !!opts.ipv6),
+        protocol: combos[c.combo]!.protocol,
+        port: combos[c.combo]!.port,
+      })),
+      opts.timeoutMs,
+    );
+    list.forEach((c, i) => observed[c.combo]!.get(from)!.set(c.to, results[i]!));
+  }));
+  return cells.map((c) => {
+    const { protocol, port } = combos[c.combo]!;
+    const again = observed[c.combo]!.get(c.from)!.get(c.to)!;
+    return `${protocol}/${port} ${c.from} -> ${c.to}: ${describeResult(c.first)}, then ${
+      describeResult(again)
+    }`;
+  });
+}

@@ -2,7 +2,7 @@
  * Starts the lab workloads: one small Deno process per pod netns serving TCP and UDP on every
  * port (see pod_server.ts). SCTP is detected and reported as unsupported rather than faked.
  */
-import type { Lab } from "./topology.ts";
+import type { Lab, LabPod } from "./topology.ts";
 
 export const LAB_PORTS = [80, 81] as const;
 
@@ -52,14 +52,18 @@ async function waitReady(child: Deno.ChildProcess, who: string, timeoutMs: numbe
   }
 }
 
-/** Start a server in every pod and return once all of them have bound all their sockets. */
+/**
+ * Start a server in every pod (or in `pods`, e.g. one added late) and return once all of them have
+ * bound all their sockets.
+ */
 export async function startServers(
   lab: Lab,
-  opts: { ports?: readonly number[]; timeoutMs?: number } = {},
+  opts: { ports?: readonly number[]; timeoutMs?: number; pods?: LabPod[] } = {},
 ): Promise<LabServers> {
   const ports = [...(opts.ports ?? LAB_PORTS)];
-  const ipv6 = lab.pods.some((p) => p.ip6);
-  const children = lab.pods.map((p) =>
+  const pods = opts.pods ?? lab.pods;
+  const ipv6 = pods.some((p) => p.ip6);
+  const children = pods.map((p) =>
     lab.spawn(p.netns, [
       Deno.execPath(),
       "run",
@@ -81,7 +85,7 @@ export async function startServers(
   };
   try {
     await Promise.all(
-      children.map((c, i) => waitReady(c, lab.pods[i]!.netns, opts.timeoutMs ?? 15_000)),
+      children.map((c, i) => waitReady(c, pods[i]!.netns, opts.timeoutMs ?? 15_000)),
     );
   } catch (e) {
     await stop();
