@@ -31,6 +31,7 @@ import {
   tierOrder,
 } from "./cluster_compile.ts";
 import { type CompiledPolicy, compilePolicy } from "./compile.ts";
+import { type CompiledPod, compilePod } from "./pod_compile.ts";
 import { NodeIndex } from "./nodes.ts";
 import { RuleTable } from "./rule_table.ts";
 import { type Labels, toLabels } from "./selector.ts";
@@ -49,7 +50,6 @@ import type {
   Pod,
   TierRuleRef,
 } from "./types.ts";
-import type { Protocol } from "../net/protocol.ts";
 
 /** Reused for every verdict (evaluation is synchronous), so judging allocates no context. */
 class VerdictContext implements TierPeerContext {
@@ -92,19 +92,7 @@ const NO_TIERS: TierView = Object.freeze({
 }) as TierView;
 
 /** The engine's view of one pod: only what verdicts need. */
-interface PodEntry {
-  key: string;
-  namespace: string;
-  name: string;
-  labels: Labels;
-  nodeName: string | undefined;
-  hostNetwork: boolean;
-  /** Pod IPs this pod may own (none for hostNetwork, Succeeded or Failed pods). */
-  ips: string[];
-  hostIPs: ReadonlySet<string>;
-  running: boolean;
-  /** containerPort by port name, then by protocol, for named ports. */
-  namedPorts: ReadonlyMap<string, Partial<Record<Protocol, number>>>;
+interface PodEntry extends CompiledPod {
   ingress: CompiledPolicy[];
   egress: CompiledPolicy[];
   /** Keys of `ingress` / `egress`, kept with them so a deny allocates nothing to explain itself. */
@@ -119,8 +107,6 @@ interface PodEntry {
   tierPolicies: CompiledClusterPolicy[];
   ingressTiers: TierView;
   egressTiers: TierView;
-  /** A hostNetwork pod's addresses (its node's): what `simulate` resolves its name to. */
-  hostNetworkIPs: string[];
 }
 
 const NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name";
@@ -229,72 +215,10 @@ export class PolicyEngine {
   // ---------------------------------------------------------------- pods
 
   upsertPod(pod: Pod): ObjectError[] {
-    const name = pod?.metadata?.name;
-    const namespace = pod?.metadata?.namespace ?? "default";
-    const object = `Pod ${namespace}/${name ?? "<unnamed>"}`;
-    if (typeof name !== "string" || name === "") {
-      return [{ object, field: "metadata.name", message: "is required" }];
-    }
-    const errors: ObjectError[] = [];
-    const labelProblems: [string, string][] = [];
-    const key = `${namespace}/${name}`;
-    const phase = pod.status?.phase;
-    const ownsIPs = !pod.spec?.hostNetwork && phase !== "Succeeded" && phase !== "Failed";
-    const ips: string[] = [];
-    const hostNetworkIPs: string[] = [];
-    const texts = pod.status?.podIPs?.length
-      ? pod.status.podIPs.map((p, i) => [p?.ip, `status.podIPs[${i}].ip`] as const)
-      : pod.status?.podIP
-      ? [[pod.status.podIP, "status.podIP"] as const]
-      : [];
-    if (ownsIPs) {
-      for (const [text, field] of texts) {
-        const ip = typeof text === "string" ? canonicalIP(text) : null;
-        if (ip === null) {
-          errors.push({ object, field, message: `invalid IP ${JSON.stringify(text)}` });
-        } else if (!ips.includes(ip)) ips.push(ip);
-      }
-    } else if (pod.spec?.hostNetwork) {
-      for (const [text] of texts) {
-        const ip = typeof text === "string" ? canonicalIP(text) : null;
-        if (ip !== null && !hostNetworkIPs.includes(ip)) hostNetworkIPs.push(ip);
-      }
-    }
-    const hostIPs = new Set<string>();
-    for (const text of [pod.status?.hostIP, ...(pod.status?.hostIPs ?? []).map((h) => h?.ip)]) {
-      const ip = typeof text === "string" ? canonicalIP(text) : null;
-      if (ip) hostIPs.add(ip);
-    }
-    const namedPorts = new Map<string, Partial<Record<Protocol, number>>>();
-    const containers = [...(pod.spec?.containers ?? []), ...(pod.spec?.initContainers ?? [])];
-    containers.forEach((c, ci) => {
-      (c?.ports ?? []).forEach((p, pi) => {
-        if (!p?.name) return;
-        if (!Number.isInteger(p.containerPort) || p.containerPort < 1 || p.containerPort > 65535) {
-          errors.push({
-            object,
-            field: `spec.containers[${ci}].ports[${pi}].containerPort`,
-            message: `must be between 1 and 65535, not ${p.containerPort}`,
-          });
-          return;
-        }
-        const byProtocol = namedPorts.get(p.name) ?? {};
-        byProtocol[p.protocol ?? "TCP"] ??= p.containerPort;
-        namedPorts.set(p.name, byProtocol);
-      });
-    });
-
+    const { pod: compiled, errors } = compilePod(pod);
+    if (!compiled) return errors;
     const entry: PodEntry = {
-      key,
-      namespace,
-      name,
-      labels: toLabels(pod.metadata.labels, labelProblems),
-      nodeName: pod.spec?.nodeName || undefined,
-      hostNetwork: pod.spec?.hostNetwork === true,
-      ips,
-      hostIPs,
-      running: phase === "Running",
-      namedPorts,
+      ...compiled,
       ingress: [],
       egress: [],
       ingressKeys: [],
@@ -303,20 +227,18 @@ export class PolicyEngine {
       tierPolicies: [],
       ingressTiers: NO_TIERS,
       egressTiers: NO_TIERS,
-      hostNetworkIPs,
     };
     entry.identity = this.identityOf(entry);
-    for (const [field, message] of labelProblems) errors.push({ object, field, message });
     // hostNetwork pods are node endpoints: no policy selects them, they are never queued.
     if (!entry.hostNetwork) {
       this.selectPoliciesFor(entry);
       this.selectTiersFor(entry);
     }
-    this.removePod(key);
-    this.pods.set(key, entry);
-    addToIndex(this.podsByNamespace, namespace, entry);
+    this.removePod(entry.key);
+    this.pods.set(entry.key, entry);
+    addToIndex(this.podsByNamespace, entry.namespace, entry);
     if (entry.nodeName) addToIndex(this.podsByNode, entry.nodeName, entry);
-    for (const ip of ips) {
+    for (const ip of entry.ips) {
       const list = this.claims.get(ip) ?? [];
       list.push(entry);
       this.claims.set(ip, list);
