@@ -220,7 +220,7 @@ export class Agent {
   private rules?: RuleSync;
   private unjudged?: UnjudgedMonitor;
   /** Reads the kernel's counters of our queue; set once the verdict loop is bound. */
-  private queueCounters?: () => QueueCounters | undefined;
+  private queueCounters?: (notBefore?: number) => QueueCounters | undefined;
   private server?: { port: number; close(): Promise<void> };
   private readonly invalid = new Map<string, ObjectError[]>();
   private statsTimer?: ReturnType<typeof setInterval>;
@@ -259,7 +259,7 @@ export class Agent {
     }, log);
 
     this.unjudged = new UnjudgedMonitor({
-      read: () => this.queueCounters?.(),
+      read: (notBefore) => this.queueCounters?.(notBefore),
       requestCheck: () => this.rules?.checkNow(),
       queueMaxLen: opts.queueMaxLen,
       failOpen: opts.failOpen,
@@ -401,20 +401,19 @@ export class Agent {
 }
 
 /**
- * What the unjudged-packet accounting reads: our queue's counters from /proc, as the verdict
- * Worker reports them (every 100 ms; only the Worker can read /proc). `id_sequence` counts every
- * packet the kernel really queued, so "received" here is what left the queue for the Worker and
- * "queued" what waits in it. A reading older than the monitor's settle delay is refused: the
- * estimate must use counters read after the rule counters it is compared with, or a filling
- * queue would be miscounted as unjudged.
+ * What the unjudged-packet accounting reads: the packets the Worker received and our queue's
+ * counters from /proc, read together by the Worker (every 100 ms; only it can read /proc). With
+ * `notBefore`, only a reading taken after that time will do (see UnjudgedMonitor.evaluate); both
+ * are wall-clock times, so the Worker's stamp compares. (Not the queue's id_sequence: a packet the
+ * kernel numbered but could not hand to a full socket is let through under fail-open, uncounted.)
  */
-function queueCounterReader(loop: VerdictLoop, maxAgeMs = 250): () => QueueCounters | undefined {
-  return () => {
+function queueCounterReader(loop: VerdictLoop): (notBefore?: number) => QueueCounters | undefined {
+  return (notBefore) => {
     const latest = loop.latestQueue;
-    if (!latest || performance.now() - latest.at > maxAgeMs) return undefined;
+    if (!latest || (notBefore !== undefined && latest.readAt <= notBefore)) return undefined;
     const s = latest.stats;
     return {
-      received: s.idSequence - s.queueTotal,
+      received: latest.received,
       queued: s.queueTotal,
       dropped: s.queueDropped + s.userDropped,
     };

@@ -35,8 +35,11 @@ export interface QueueCounters {
 }
 
 export interface UnjudgedMonitorOptions {
-  /** Current counters; undefined while the queue is not bound yet. */
-  read(): QueueCounters | undefined;
+  /**
+   * The latest counters; undefined while the queue is not bound yet, or when `notBefore` (a
+   * Clock time) is given and no reading taken after it has arrived yet.
+   */
+  read(notBefore?: number): QueueCounters | undefined;
   /** Ask the rule sync for a dataplane check now. */
   requestCheck(): void;
   queueMaxLen: number;
@@ -50,6 +53,9 @@ export interface UnjudgedMonitorOptions {
   /** Least time between checks asked for because the queue is full. */
   fullCheckMs?: number;
 }
+
+/** How often an estimate waits another settle period for fresh queue counters. */
+const MAX_SETTLE_RETRIES = 10;
 
 export class UnjudgedMonitor implements DataplaneObserver {
   /** Packets counted as let through unjudged since start. */
@@ -91,7 +97,11 @@ export class UnjudgedMonitor implements DataplaneObserver {
       return;
     }
     const epoch = this.epoch;
-    this.clock.setTimeout(() => this.evaluate(epoch, hits), this.o.settleMs ?? 300);
+    const countersRead = this.clock.now();
+    this.clock.setTimeout(
+      () => this.evaluate(epoch, hits, countersRead, 0),
+      this.o.settleMs ?? 300,
+    );
   }
 
   stop(): void {
@@ -99,9 +109,18 @@ export class UnjudgedMonitor implements DataplaneObserver {
     this.clock.clearTimeout(this.pollTimer);
   }
 
-  private evaluate(epoch: number, hits: number): void {
+  private evaluate(epoch: number, hits: number, countersRead: number, attempt: number): void {
     if (epoch !== this.epoch || this.stopped) return; // re-installed meanwhile: counters reset
-    const now = this.o.read();
+    // Only counters read after the rule counters were: an older reading of a filling queue would
+    // count queued packets as unjudged. A busy agent may deliver it late: wait a little longer.
+    const now = this.o.read(countersRead);
+    if (!now && attempt < MAX_SETTLE_RETRIES) {
+      this.clock.setTimeout(
+        () => this.evaluate(epoch, hits, countersRead, attempt + 1),
+        this.o.settleMs ?? 300,
+      );
+      return;
+    }
     if (!now || !this.base) return;
     const estimate = hits - (now.received - this.base.received) - now.queued -
       (now.dropped - this.base.dropped);

@@ -23,6 +23,13 @@ export const LIBC_PROC_READER: ProcReader = {
 export type SystemStatsSource = "nfqueue" | "process";
 
 export interface SystemStats {
+  /** Date.now() when read (wall time, comparable across threads). */
+  readAt: number;
+  /**
+   * Packets the Worker had received from the queue when the queue counters were read (with
+   * `nfqueue` only): together they tell what the kernel let through without queueing it.
+   */
+  received?: number;
   /** Our queue's counters (none while the kernel lists no such queue); absent when unreadable. */
   nfqueue?: NfqueueStats[];
   process?: ProcessStats;
@@ -40,7 +47,7 @@ export function readSystemStats(
   proc: ProcReader,
   sources: { nfqueue: boolean; process: boolean } = { nfqueue: true, process: true },
 ): SystemStats {
-  const out: SystemStats = { errors: [] };
+  const out: SystemStats = { readAt: Date.now(), errors: [] };
   if (sources.nfqueue) readNfqueue(queueId, proc, out);
   if (sources.process) readProcess(proc, out);
   return out;
@@ -94,13 +101,18 @@ export class SystemStatsReader {
     private readonly processIntervalMs = 5000,
   ) {}
 
-  /** Reads and reports what is due (the first call reads everything); cheap otherwise. */
-  poll(now: number): void {
+  /**
+   * Reads and reports what is due (the first call reads everything); cheap otherwise.
+   * `received`: packets the Worker has received so far, reported with the queue counters.
+   */
+  poll(now: number, received = 0): void {
     const nfqueue = now >= this.nextQueue;
     const process = now >= this.nextProcess;
     if (!nfqueue && !process) return;
     if (nfqueue) this.nextQueue = now + this.queueIntervalMs;
     if (process) this.nextProcess = now + this.processIntervalMs;
-    this.report(readSystemStats(this.queueId, this.proc, { nfqueue, process }));
+    const stats = readSystemStats(this.queueId, this.proc, { nfqueue, process });
+    if (nfqueue) stats.received = received;
+    this.report(stats);
   }
 }

@@ -41,8 +41,8 @@ export class VerdictLoop {
   private dead = false;
   /** /proc sources whose failure was logged (once each; recovery is logged too). */
   private readonly failingSources = new Set<SystemStatsSource>();
-  /** The latest counters of our queue from /proc and when they arrived (performance.now()). */
-  latestQueue?: { stats: NfqueueStats; at: number };
+  /** The latest counters of our queue from /proc and when the Worker read them (Date.now()). */
+  latestQueue?: { stats: NfqueueStats; readAt: number; received: number };
 
   private constructor(
     private readonly worker: Worker,
@@ -142,7 +142,7 @@ export class VerdictLoop {
     if (s.nfqueue) {
       recordNfqueueStats(this.metrics, s.nfqueue);
       const ours = s.nfqueue[0];
-      if (ours) this.latestQueue = { stats: ours, at: performance.now() };
+      if (ours) this.latestQueue = { stats: ours, readAt: s.readAt, received: s.received ?? 0 };
     }
     if (s.process) recordProcessStats(this.metrics, s.process);
     const failed = new Set(s.errors.map((e) => e.source));

@@ -160,7 +160,7 @@ async function loop(queue: NfQueue, opts: VerdictLoopOptions): Promise<void> {
   let lastYield = performance.now();
   while (Atomics.load(control, SLOT_STOP) === 0) {
     heartbeat[0] = Date.now();
-    systemStats?.poll(performance.now());
+    systemStats?.poll(performance.now(), turns.received);
     if (Atomics.load(control, SLOT_POSTED_SEQ) !== applied) await catchUp();
     if (Atomics.load(control, SLOT_SYNCED) === 0) {
       await sleep(5);
@@ -194,6 +194,8 @@ class VerdictTurns implements NetlinkSink {
   /** Whether the last non-blocking recv after a wake-up found a packet (see drain). */
   private drainPays = true;
   private turnCount = 0;
+  /** Packets received from the queue since start (for counting what the kernel never queued). */
+  received = 0;
   private records: VerdictRecord[] = [];
   private warnings: string[] = [];
   private lastReport = performance.now();
@@ -288,6 +290,7 @@ class VerdictTurns implements NetlinkSink {
   // NetlinkSink: the decoder calls these for every message of a datagram.
 
   packet(p: QueuedPacket): void {
+    this.received++;
     const v = this.judge.judge(p.payload, p.mark, p.hwProtocol, this.started);
     this.batch.add(p.id, v.verdict, v.mark);
     if (this.gate.admit(v.allowed)) {
