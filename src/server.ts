@@ -1,7 +1,7 @@
 /**
  * The agent's HTTP endpoints: Prometheus metrics, liveness, readiness and a JSON view of the
  * policies in force. A thin adapter: every answer comes from the AgentMetrics registry or the
- * HealthChecks callbacks main.ts wires in; nothing here knows about packets or policies, and
+ * HealthChecks callbacks the agent (src/cli/run.ts) wires in; nothing here knows about packets or policies, and
  * nothing here knows about sockets either (connection handling, caps and timeouts live in
  * http_server.ts).
  *
