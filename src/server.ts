@@ -1,9 +1,9 @@
 /**
  * The agent's HTTP endpoints: Prometheus metrics, liveness, readiness and a JSON view of the
  * policies in force. A thin adapter: every answer comes from the AgentMetrics registry or the
- * HealthChecks callbacks the agent (src/cli/run.ts) wires in; nothing here knows about packets or policies, and
- * nothing here knows about sockets either (connection handling, caps and timeouts live in
- * http_server.ts).
+ * HealthChecks callbacks the agent (src/cli/run.ts) wires in; nothing here knows about packets or
+ * policies, and nothing here knows about sockets either (connection handling, caps and timeouts
+ * live in http_server.ts).
  *
  * Exposure: the agent runs with hostNetwork, so whatever listens on the bind address is reachable
  * from every pod. `/metrics`, `/healthz` and `/readyz` are served to anyone who reaches the port;
