@@ -197,6 +197,31 @@ export class AgentMetrics {
       "count as dropped: let through unjudged (fail-open with a full queue)",
     registers: [this.registry],
   });
+  // --- the pod-start race (src/verdict/held_verdicts.ts), reported by the verdict Worker ---
+  readonly heldPackets = new Counter({
+    name: "kube_netpol_held_packets_total",
+    help: "Queued packets whose verdict waited for a pod the agent did not know yet (an address " +
+      "of this node's pod CIDRs that no known pod owns)",
+    registers: [this.registry],
+  });
+  readonly heldPacketTimeouts = new Counter({
+    name: "kube_netpol_held_packet_timeouts_total",
+    help: "Held packets released without a policy decision by the --fail-open rule, by reason: " +
+      "timeout (no pod appeared within --unknown-pod-timeout) or overflow (too many held)",
+    labelNames: ["reason"] as const,
+    registers: [this.registry],
+  });
+  readonly heldPacketWait = new Histogram({
+    name: "kube_netpol_held_packet_wait_seconds",
+    help: "Time a held packet waited until its pod appeared and it was judged",
+    buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10],
+    registers: [this.registry],
+  });
+  readonly heldPacketsNow = new Gauge({
+    name: "kube_netpol_held_packets",
+    help: "Packets held right now, waiting for their pod",
+    registers: [this.registry],
+  });
   /** Set by the Kubernetes source: seconds since each kind's watch last delivered a line. */
   watchAges?: () => Record<string, number>;
   readonly watchLastEventAge = new Gauge({

@@ -64,7 +64,7 @@ const udp4 = (src: number[], dst: number[], port: number) =>
 Deno.test("allowed: accept, no mark, an allow record with the decision", () => {
   const { judge } = setup();
   const v = judge.judge(tcp4(A, B, 80), 0, ETH_P_IP, 1000);
-  assert.deepEqual({ ...v }, { verdict: NF_ACCEPT, mark: undefined, allowed: true });
+  assert.deepEqual({ ...v }, { verdict: NF_ACCEPT, mark: undefined, allowed: true, held: false });
   const r = judge.record(5);
   assert.equal(r.kind, "judged");
   assert.equal(r.kind === "judged" && r.decision.ingress.reason.kind, "allowed");
@@ -78,7 +78,12 @@ Deno.test("denied TCP and UDP: repeat with the deny mark added to the packet's o
   const { judge } = setup();
   for (const bytes of [tcp4(C, B, 80), udp4(C, B, 80), tcp4(A, B, 81)]) {
     const v = judge.judge(bytes, 0x4000, ETH_P_IP, 1000);
-    assert.deepEqual({ ...v }, { verdict: NF_REPEAT, mark: 0x4000 | MARK, allowed: false });
+    assert.deepEqual({ ...v }, {
+      verdict: NF_REPEAT,
+      mark: 0x4000 | MARK,
+      allowed: false,
+      held: false,
+    });
   }
   // A mark with the top bit set stays an unsigned 32-bit value.
   const v = judge.judge(tcp4(C, B, 80), 0x80000000, ETH_P_IP, 1000);
@@ -91,7 +96,7 @@ Deno.test("denied other protocols: drop (no reject exists for them)", () => {
   const sctp = ipv4({ protocol: PROTO.SCTP, src: A, dst: B }, tcpSyn(1, 80));
   for (const bytes of [icmp, sctp]) {
     const v = judge.judge(bytes, 0, ETH_P_IP, 1000);
-    assert.deepEqual({ ...v }, { verdict: NF_DROP, mark: undefined, allowed: false });
+    assert.deepEqual({ ...v }, { verdict: NF_DROP, mark: undefined, allowed: false, held: false });
   }
 });
 
@@ -105,7 +110,7 @@ Deno.test("unparsable packets are denied (dropped), counted by reason, recorded 
   });
   assert.equal(judge.judge(whole, 0, ETH_P_IPV6, 1000).verdict, NF_ACCEPT, "whole: judged");
   const v = judge.judge(whole.subarray(0, 128), 0, ETH_P_IPV6, 1000);
-  assert.deepEqual({ ...v }, { verdict: NF_DROP, mark: undefined, allowed: false });
+  assert.deepEqual({ ...v }, { verdict: NF_DROP, mark: undefined, allowed: false, held: false });
   assert.deepEqual(judge.record(7), {
     kind: "unjudged",
     time: 7,
@@ -139,7 +144,7 @@ Deno.test("an engine failure denies: refused for TCP/UDP, counted, recorded with
   };
   const { judge, stats } = setup(broken);
   const v = judge.judge(tcp4(A, B, 80), 0, ETH_P_IP, 1000);
-  assert.deepEqual({ ...v }, { verdict: NF_REPEAT, mark: MARK, allowed: false });
+  assert.deepEqual({ ...v }, { verdict: NF_REPEAT, mark: MARK, allowed: false, held: false });
   const icmp = ipv4({ protocol: PROTO.ICMP, src: A, dst: B }, [8, 0, 0, 0, 0, 0, 0, 0]);
   assert.equal(judge.judge(icmp, 0, ETH_P_IP, 1000).verdict, NF_DROP);
   const r = judge.record(1);

@@ -75,7 +75,7 @@ Deno.test("permission flags: ffi per architecture, then net, read, env, the rule
       "--allow-read=/a,/b",
       "--allow-env",
       `--allow-run=${RULE_TOOLS.join(",")}`,
-      "--allow-sys=hostname",
+      "--allow-sys=hostname,networkInterfaces",
     ]);
   }
   assert.ok(

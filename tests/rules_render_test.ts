@@ -53,6 +53,11 @@ Deno.test("iptables chain: marked packets are rejected first; INVALID to/from is
     "-A KUBE-NETPOL -m conntrack --ctstate INVALID -m set --match-set kube-netpol-egress-v4 src -j DROP",
     "-A KUBE-NETPOL -m conntrack --ctstate NEW -m mark ! --mark 0x100000/0x100000 -m set --match-set kube-netpol-ingress-v4 dst -j NFQUEUE --queue-num 100 --queue-bypass",
     "-A KUBE-NETPOL -m conntrack --ctstate NEW -m mark ! --mark 0x100000/0x100000 -m set --match-set kube-netpol-egress-v4 src -j NFQUEUE --queue-num 100 --queue-bypass",
+    // The pod-start race: addresses of this node's pod CIDRs that the agent does not know.
+    "-A KUBE-NETPOL -m conntrack --ctstate INVALID -m set --match-set kube-netpol-podcidr-v4 src -m set ! --match-set kube-netpol-known-v4 src -j DROP",
+    "-A KUBE-NETPOL -m conntrack --ctstate INVALID -m set --match-set kube-netpol-podcidr-v4 dst -m set ! --match-set kube-netpol-known-v4 dst -j DROP",
+    "-A KUBE-NETPOL -m conntrack --ctstate NEW -m mark ! --mark 0x100000/0x100000 -m set --match-set kube-netpol-podcidr-v4 src -m set ! --match-set kube-netpol-known-v4 src -j NFQUEUE --queue-num 100 --queue-bypass",
+    "-A KUBE-NETPOL -m conntrack --ctstate NEW -m mark ! --mark 0x100000/0x100000 -m set --match-set kube-netpol-podcidr-v4 dst -m set ! --match-set kube-netpol-known-v4 dst -j NFQUEUE --queue-num 100 --queue-bypass",
   ]);
 });
 
@@ -63,7 +68,17 @@ Deno.test("iptables chain: IPv6 uses icmp6 and v6 sets; fail-closed has no bypas
   assert.match(rules[4] ?? "", /INVALID -m set --match-set kube-netpol-egress-v6 src -j DROP$/);
   assert.match(rules[5] ?? "", /--match-set kube-netpol-ingress-v6 dst -j NFQUEUE --queue-num 7$/);
   assert.match(rules[6] ?? "", /--match-set kube-netpol-egress-v6 src -j NFQUEUE --queue-num 7$/);
-  for (const r of rules.slice(5)) assert.match(r, /-m mark ! --mark 0x4\/0x4/);
+  for (const r of [...rules.slice(5, 7), ...rules.slice(9)]) {
+    assert.match(r, /-m mark ! --mark 0x4\/0x4/);
+  }
+  assert.match(
+    rules[9] ?? "",
+    /kube-netpol-podcidr-v6 src -m set ! --match-set kube-netpol-known-v6 src -j NFQUEUE --queue-num 7$/,
+  );
+  assert.match(
+    rules[10] ?? "",
+    /kube-netpol-podcidr-v6 dst -m set ! --match-set kube-netpol-known-v6 dst -j NFQUEUE --queue-num 7$/,
+  );
 });
 
 const SAVE_EMPTY = `*filter
@@ -134,6 +149,10 @@ add set inet kube-netpol ingress-v4 { type ipv4_addr; }
 add set inet kube-netpol ingress-v6 { type ipv6_addr; }
 add set inet kube-netpol egress-v4 { type ipv4_addr; }
 add set inet kube-netpol egress-v6 { type ipv6_addr; }
+add set inet kube-netpol podcidr-v4 { type ipv4_addr; flags interval; }
+add set inet kube-netpol podcidr-v6 { type ipv6_addr; flags interval; }
+add set inet kube-netpol known-v4 { type ipv4_addr; }
+add set inet kube-netpol known-v6 { type ipv6_addr; }
 add chain inet kube-netpol judge
 flush chain inet kube-netpol judge
 add rule inet kube-netpol judge meta mark & 0x100000 == 0x100000 meta l4proto tcp reject with tcp reset
@@ -147,6 +166,14 @@ add rule inet kube-netpol judge ct state new meta mark & 0x100000 != 0x100000 ip
 add rule inet kube-netpol judge ct state new meta mark & 0x100000 != 0x100000 ip6 daddr @ingress-v6 counter queue num 100 bypass
 add rule inet kube-netpol judge ct state new meta mark & 0x100000 != 0x100000 ip saddr @egress-v4 counter queue num 100 bypass
 add rule inet kube-netpol judge ct state new meta mark & 0x100000 != 0x100000 ip6 saddr @egress-v6 counter queue num 100 bypass
+add rule inet kube-netpol judge ct state invalid ip saddr @podcidr-v4 ip saddr != @known-v4 drop
+add rule inet kube-netpol judge ct state invalid ip daddr @podcidr-v4 ip daddr != @known-v4 drop
+add rule inet kube-netpol judge ct state invalid ip6 saddr @podcidr-v6 ip6 saddr != @known-v6 drop
+add rule inet kube-netpol judge ct state invalid ip6 daddr @podcidr-v6 ip6 daddr != @known-v6 drop
+add rule inet kube-netpol judge ct state new meta mark & 0x100000 != 0x100000 ip saddr @podcidr-v4 ip saddr != @known-v4 counter queue num 100 bypass
+add rule inet kube-netpol judge ct state new meta mark & 0x100000 != 0x100000 ip daddr @podcidr-v4 ip daddr != @known-v4 counter queue num 100 bypass
+add rule inet kube-netpol judge ct state new meta mark & 0x100000 != 0x100000 ip6 saddr @podcidr-v6 ip6 saddr != @known-v6 counter queue num 100 bypass
+add rule inet kube-netpol judge ct state new meta mark & 0x100000 != 0x100000 ip6 daddr @podcidr-v6 ip6 daddr != @known-v6 counter queue num 100 bypass
 add chain inet kube-netpol forward { type filter hook forward priority filter - 10; policy accept; }
 flush chain inet kube-netpol forward
 add rule inet kube-netpol forward jump judge
@@ -195,7 +222,12 @@ Deno.test("ipset: creates hash:ip sets per family, parses `ipset save` members",
     "create kube-netpol-ingress-v4 hash:ip family inet\n" +
       "create kube-netpol-ingress-v6 hash:ip family inet6\n" +
       "create kube-netpol-egress-v4 hash:ip family inet\n" +
-      "create kube-netpol-egress-v6 hash:ip family inet6\n",
+      "create kube-netpol-egress-v6 hash:ip family inet6\n" +
+      // The pod-start race: pod CIDRs (hash:net) and the addresses in them we know (hash:ip).
+      "create kube-netpol-podcidr-v4 hash:net family inet\n" +
+      "create kube-netpol-podcidr-v6 hash:net family inet6\n" +
+      "create kube-netpol-known-v4 hash:ip family inet\n" +
+      "create kube-netpol-known-v6 hash:ip family inet6\n",
   );
   const saved = "create kube-netpol-ingress-v4 hash:ip family inet hashsize 1024 maxelem 65536\n" +
     "add kube-netpol-ingress-v4 10.0.0.1\nadd kube-netpol-ingress-v4 10.0.0.2\n";

@@ -312,9 +312,15 @@ export class ManifestDir {
     return this.write("policies.yaml", policies);
   }
 
-  /** Node objects (multi-node labs); today's agent skips them with a notice. */
+  /** Node objects (multi-node labs; the agent reads names, addresses and pod CIDRs). */
   writeNodes(nodes: unknown[]): Promise<void> {
     return this.write("nodes.yaml", nodes);
+  }
+
+  /** Any other file of objects (e.g. one pod that appears late), replaced atomically too. */
+  writeObjects(file: string, objects: unknown[]): Promise<void> {
+    if (!/^[\w.-]+\.yaml$/.test(file)) throw new Error(`not a plain manifest file name: ${file}`);
+    return this.write(file, objects);
   }
 
   async remove(): Promise<void> {

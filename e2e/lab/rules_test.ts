@@ -125,14 +125,18 @@ for (const flavour of ["nft", "legacy"] as const) {
             `${hook}: one jump per family`,
           );
         }
-        assert.equal(count(saved, /^-A KUBE-NETPOL /), 14, "7 rules per family, not doubled");
-        assert.equal(count(saved, /--ctstate INVALID .* -j DROP$/), 4, "INVALID drops");
-        assert.equal(count(saved, /--queue-num 100 --queue-bypass$/), 4);
+        assert.equal(count(saved, /^-A KUBE-NETPOL /), 22, "11 rules per family, not doubled");
+        assert.equal(count(saved, /--ctstate INVALID .* -j DROP$/), 8, "INVALID drops");
+        assert.equal(count(saved, /--queue-num 100 --queue-bypass$/), 8);
         assert.deepEqual((await ourSets(ns)).sort(), [
           "kube-netpol-egress-v4",
           "kube-netpol-egress-v6",
           "kube-netpol-ingress-v4",
           "kube-netpol-ingress-v6",
+          "kube-netpol-known-v4",
+          "kube-netpol-known-v6",
+          "kube-netpol-podcidr-v4",
+          "kube-netpol-podcidr-v6",
         ]);
 
         assert.deepEqual(
@@ -159,6 +163,24 @@ for (const flavour of ["nft", "legacy"] as const) {
         assert.deepEqual(await members(ns, "kube-netpol-ingress-v4"), ["10.0.0.3"]);
         assert.deepEqual(await members(ns, "kube-netpol-egress-v6"), ["fd00::9"]);
         assert.deepEqual(await members(ns, "kube-netpol-ingress-v6"), []);
+
+        // The pod-start race's sets: pod CIDRs (hash:net; a /32 comes back bare) and known IPs.
+        const race = (podCIDRs: string[]) => ({
+          ingress: ["10.0.0.3"],
+          egress: ["fd00::9"],
+          unknownPods: { podCIDRs, known: ["10.244.0.1", "fd00:10:244::1"] },
+        });
+        const cidrs = ["10.244.0.0/16", "10.9.9.9/32", "fd00:10:244::/64"];
+        assert.deepEqual(await backend.sync(race(cidrs)), { added: 5, removed: 0 });
+        assert.deepEqual(await members(ns, "kube-netpol-podcidr-v4"), [
+          "10.244.0.0/16",
+          "10.9.9.9",
+        ]);
+        assert.deepEqual(await members(ns, "kube-netpol-podcidr-v6"), ["fd00:10:244::/64"]);
+        assert.deepEqual(await members(ns, "kube-netpol-known-v6"), ["fd00:10:244::1"]);
+        assert.deepEqual(await backend.sync(race(cidrs)), { added: 0, removed: 0 }, "as listed");
+        assert.deepEqual(await backend.check(race(cidrs)), { damage: [], queueRulePackets: 0 });
+        assert.deepEqual(await backend.sync(race(["10.244.0.0/16"])), { added: 0, removed: 2 });
 
         await backend.uninstall();
         await backend.uninstall();
@@ -250,8 +272,8 @@ Deno.test({
       assert.match(listed, /set ingress-v4 \{[^}]*elements = \{ 10\.0\.0\.1 \}/s);
       assert.match(listed, /set ingress-v6 \{[^}]*elements = \{ fd00::1 \}/s);
       assert.equal(count(listed, /jump judge/), 2, "one jump per base chain after two installs");
-      assert.equal(count(listed, /^\s+ct state new/), 4);
-      assert.equal(count(listed, /^\s+ct state invalid .* drop$/), 4);
+      assert.equal(count(listed, /^\s+ct state new/), 8, "4 for isolated pods, 4 for unknown ones");
+      assert.equal(count(listed, /^\s+ct state invalid .* drop$/), 8);
       assert.deepEqual(await backend.sync({ ingress: ["10.0.0.5"], egress: [] }), {
         added: 1,
         removed: 3,
@@ -260,6 +282,21 @@ Deno.test({
         await inNs(ns, "nft", "list", "set", "inet", "kube-netpol", "ingress-v4"),
         /elements = \{ 10\.0\.0\.5 \}/,
       );
+      // The pod-start race's interval sets, read back and diffed as blocks.
+      const race = (podCIDRs: string[]) => ({
+        ingress: ["10.0.0.5"],
+        egress: [],
+        unknownPods: { podCIDRs, known: ["10.244.0.1"] },
+      });
+      const cidrs = ["10.244.0.0/16", "10.9.9.9/32", "fd00:10:244::/64"];
+      assert.deepEqual(await backend.sync(race(cidrs)), { added: 4, removed: 0 });
+      assert.match(
+        await inNs(ns, "nft", "list", "set", "inet", "kube-netpol", "podcidr-v4"),
+        /elements = \{ 10\.9\.9\.9, 10\.244\.0\.0\/16 \}/,
+      );
+      assert.deepEqual(await backend.sync(race(cidrs)), { added: 0, removed: 0 }, "as listed");
+      assert.deepEqual((await backend.check(race(cidrs))).damage, []);
+      assert.deepEqual(await backend.sync(race(["10.244.0.0/16"])), { added: 0, removed: 2 });
       await backend.uninstall();
       await backend.uninstall();
       const ruleset = await inNs(ns, "nft", "list", "ruleset");

@@ -8,7 +8,7 @@
  *   FFI reaches all of libc, so only that Worker, which runs only our own code, keeps it.
  * - The main thread revokes FFI right after starting the Worker, before any npm package is loaded,
  *   and keeps: reading what this run needs, the network (scoped where the run says where), the
- *   environment, the rule tools, and the hostname.
+ *   environment, the rule tools, the hostname and the interface addresses.
  * The process-wide flags below are the union: the Worker's grant must be a subset of them.
  */
 import { type Arch, ffiPaths } from "../../ffi/library.ts";
@@ -62,8 +62,9 @@ export function permissionFlags(p: AgentPermissions): string[] {
     // @kubernetes/client-node reads the environment at import time (unscoped is required).
     "--allow-env",
     `--allow-run=${RULE_TOOLS.join(",")}`,
-    // Node name fallback when neither --hostname-override nor NODE_NAME is set.
-    "--allow-sys=hostname",
+    // Node name fallback when neither --hostname-override nor NODE_NAME is set; this node's
+    // interface addresses (the pod-start race, src/cli/interface_addresses.ts).
+    "--allow-sys=hostname,networkInterfaces",
   ];
 }
 

@@ -23,6 +23,9 @@ import { type QueueCounters, UnjudgedMonitor } from "../rules/unjudged.ts";
 // Not source.ts: that loads client-node, which a --manifests run never needs.
 import { DEFAULT_STALL_TIMEOUT_MS } from "../k8s/watch_transport.ts";
 import { flagHelp, type FlagSpec, parseDuration, parseFlags, UsageError } from "./args.ts";
+import { LocalPodAddresses, parsePodCIDRs, type UnknownPodMembers } from "../policy/local_pods.ts";
+import { DEFAULT_UNKNOWN_POD_TIMEOUT_MS } from "../verdict/held_verdicts.ts";
+import { InterfaceAddressWatch } from "./interface_addresses.ts";
 
 const FLAGS: FlagSpec = {
   kubeconfig: { type: "string" },
@@ -41,6 +44,11 @@ const FLAGS: FlagSpec = {
   "deny-log-rate": { type: "string", default: String(DEFAULT_DENY_LOG_RATE) },
   "dataplane-check-interval": { type: "string", default: `${DEFAULT_CHECK_INTERVAL_MS / 1000}s` },
   "watch-stall-timeout": { type: "string", default: `${DEFAULT_STALL_TIMEOUT_MS / 1000}s` },
+  "pod-cidr": { type: "string", multiple: true },
+  "unknown-pod-timeout": {
+    type: "string",
+    default: `${DEFAULT_UNKNOWN_POD_TIMEOUT_MS / 1000}s`,
+  },
   help: { type: "boolean", short: "h", default: false },
 };
 
@@ -69,6 +77,10 @@ const HELP: Record<string, string> = {
     "something flushed or deleted them",
   "watch-stall-timeout": "a watch with no event and no bookmark for this long is presumed hung: " +
     "/readyz fails and it is re-opened (the API server sends bookmarks about every minute)",
+  "pod-cidr": "this node's pod CIDR, instead of its Node object's spec.podCIDRs (repeatable; for " +
+    "clusters whose Node objects lack them)",
+  "unknown-pod-timeout": "how long a new connection from or to an address of this node's pod " +
+    "CIDRs that no known pod owns waits for its pod (then --fail-open decides); 0 turns it off",
   help: "show this help",
 };
 
@@ -90,6 +102,10 @@ export interface RunOptions {
   denyLogRate: number;
   dataplaneCheckIntervalMs: number;
   watchStallTimeoutMs: number;
+  /** `--pod-cidr`, canonical; empty: the Node object's spec.podCIDRs. */
+  podCIDRs: string[];
+  /** 0: the pod-start race is not handled (sets empty, nothing held). */
+  unknownPodTimeoutMs: number;
 }
 
 function intFlag(values: Record<string, unknown>, name: string, min: number, max: number): number {
@@ -153,12 +169,21 @@ export function parseRunFlags(args: string[]): RunOptions | "help" {
       1000,
       3_600_000,
     ),
+    unknownPodTimeoutMs: parseDuration(
+      "unknown-pod-timeout",
+      String(values["unknown-pod-timeout"]),
+      0,
+      60_000,
+    ),
   };
+  const podCIDRs = parsePodCIDRs((values["pod-cidr"] as string[] | undefined) ?? []);
+  if (typeof podCIDRs === "string") throw new UsageError(`--pod-cidr: ${podCIDRs}`);
   // Last: the hostname fallback needs a permission, and flag mistakes should be reported first.
   const nodeName = (values["hostname-override"] as string | undefined) ||
     Deno.env.get("NODE_NAME") || Deno.hostname();
   return {
     ...numbers,
+    podCIDRs,
     kubeconfig: values.kubeconfig as string | undefined,
     manifests: (values.manifests as string[] | undefined) ?? [],
     nodeName,
@@ -225,6 +250,11 @@ export class Agent {
   private readonly invalid = new Map<string, ObjectError[]>();
   private statsTimer?: ReturnType<typeof setInterval>;
   private stopping?: Promise<void>;
+  /** [pod-start race] This node's pod CIDRs and known addresses; absent when turned off. */
+  private localPods?: LocalPodAddresses;
+  private interfaces?: InterfaceAddressWatch;
+  private loggedPodCIDRs?: string;
+  private interfaceIPs?: string[];
 
   constructor(
     readonly opts: RunOptions,
@@ -266,6 +296,7 @@ export class Agent {
       metrics: this.metrics,
       log,
     });
+    this.startLocalPods();
     this.rules = await RuleSync.start(
       {
         queueId: opts.queueId,
@@ -276,7 +307,11 @@ export class Agent {
       opts.nodeName,
       this.metrics,
       log,
-      { checkIntervalMs: opts.dataplaneCheckIntervalMs, observer: this.unjudged },
+      {
+        checkIntervalMs: opts.dataplaneCheckIntervalMs,
+        observer: this.unjudged,
+        ...(this.localPods ? { unknownPods: { members: () => this.unknownPodMembers() } } : {}),
+      },
     );
 
     const { VerdictLoop } = await import("../verdict/verdict_loop.ts");
@@ -289,6 +324,8 @@ export class Agent {
         nodeName: opts.nodeName,
         logAllows: opts.verbosity >= 4,
         denyLogRate: opts.denyLogRate,
+        unknownPodTimeoutMs: opts.unknownPodTimeoutMs,
+        podCIDRs: opts.podCIDRs,
       },
       this.metrics,
       new DenyLog(log),
@@ -296,6 +333,7 @@ export class Agent {
       this.verdictWorker,
     );
     this.queueCounters = queueCounterReader(this.loop);
+    if (this.interfaceIPs) this.loop.setLocalAddresses(this.interfaceIPs);
     // The queue is bound: a check now is the baseline of the unjudged-packet count.
     this.rules.checkNow();
 
@@ -304,6 +342,50 @@ export class Agent {
     // A kind with no objects delivers no event: check once more now that start() is done.
     this.afterChange();
     this.statsTimer = setInterval(() => this.refreshGauges(), 5000);
+  }
+
+  /**
+   * The pod-start race: which addresses of this node's pod CIDRs are known (local_pods.ts), with
+   * the node's interface addresses read now and every few seconds.
+   */
+  private startLocalPods(): void {
+    const { opts, log } = this;
+    if (opts.unknownPodTimeoutMs === 0) {
+      log.info("pods the agent does not know yet are not held (--unknown-pod-timeout=0)");
+      return;
+    }
+    const localPods = new LocalPodAddresses(this.engine, opts.nodeName, opts.podCIDRs);
+    this.localPods = localPods;
+    this.interfaces = new InterfaceAddressWatch((ips) => {
+      this.interfaceIPs = ips;
+      if (!localPods.setInterfaceAddresses(ips)) return;
+      this.loop?.setLocalAddresses(ips);
+      if (this.loop?.synced) this.rules?.schedule();
+    }, log);
+    this.interfaces.start();
+  }
+
+  /** What the rule sync puts in the race's sets; says when the pod CIDRs change. */
+  private unknownPodMembers(): UnknownPodMembers {
+    const members = this.localPods!.members();
+    const key = members.podCIDRs.join(",");
+    if (key !== this.loggedPodCIDRs) {
+      this.loggedPodCIDRs = key;
+      const source = this.opts.podCIDRs.length ? "--pod-cidr" : `Node ${this.opts.nodeName}`;
+      if (members.podCIDRs.length) {
+        this.log.info("pods of this node's pod CIDRs are judged from their first packet", {
+          podCIDRs: members.podCIDRs,
+          source,
+        });
+      } else {
+        this.log.warn(
+          "no pod CIDRs known for this node: a pod that sends before the agent knows it is not " +
+            "judged (give the Node object spec.podCIDRs, or --pod-cidr)",
+          { source },
+        );
+      }
+    }
+    return members;
   }
 
   private async createSource(): Promise<ClusterSource> {
@@ -391,6 +473,7 @@ export class Agent {
     this.stopping ??= (async () => {
       clearInterval(this.statsTimer);
       this.unjudged?.stop();
+      this.interfaces?.stop();
       await this.source?.stop().catch((e) => this.log.warn("source stop", { error: String(e) }));
       await this.loop?.stop().catch((e) => this.log.warn("loop stop", { error: String(e) }));
       await this.rules?.stop().catch((e) => this.log.warn("rules stop", { error: String(e) }));

@@ -500,6 +500,30 @@ export class PolicyEngine {
     return { ingress: ingress.sort(), egress: egress.sort() };
   }
 
+  /** The pod CIDRs of the Node object named `node` (canonical text); none when unknown. */
+  nodePodCIDRs(node: string): readonly string[] {
+    return this.nodes.podCIDRsOf(node);
+  }
+
+  /**
+   * Whether `ip` (canonical text) is known to be on `node`: a pod there owns it (isolated or not),
+   * or it is one of that Node object's addresses. See local_pods.ts for what uses it.
+   */
+  isLocalAddress(ip: string, node: string): boolean {
+    const pod = this.owner.get(ip);
+    if (pod) return pod.nodeName === node;
+    return this.nodes.addressesOf(node).includes(ip);
+  }
+
+  /** Every address isLocalAddress() accepts for `node`, sorted. */
+  localAddresses(node: string): string[] {
+    const out = new Set(this.nodes.addressesOf(node));
+    for (const pod of this.podsByNode.get(node) ?? []) {
+      for (const ip of pod.ips) if (this.owner.get(ip) === pod) out.add(ip);
+    }
+    return [...out].sort();
+  }
+
   /**
    * Build the rule tables of every pod whose selecting policies changed since the last call, so
    * the verdict path never pays for it. Call after applying a batch of changes (the verdict loop

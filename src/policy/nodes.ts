@@ -2,8 +2,11 @@
  * Node objects, for `nodes` egress peers: which node (and so which labels) owns an address.
  * A node's addresses are its status.addresses of type InternalIP and ExternalIP, as the API
  * defines the peer; a hostNetwork pod has its node's address, so it is matched as that node.
+ * Also each node's pod CIDRs (spec.podCIDRs, else spec.podCIDR): the addresses its pods get,
+ * which the agent watches for pods it does not know yet (local_pods.ts).
  */
 import { canonicalIP } from "../net/ip.ts";
+import { Cidr } from "./cidr.ts";
 import { type Labels, toLabels } from "./selector.ts";
 import type { Node, ObjectError } from "./types.ts";
 
@@ -11,6 +14,8 @@ interface NodeEntry {
   name: string;
   labels: Labels;
   ips: string[];
+  /** Canonical CIDR texts (host bits cleared). */
+  podCIDRs: string[];
 }
 
 const ADDRESS_TYPES = new Set(["InternalIP", "ExternalIP"]);
@@ -47,8 +52,9 @@ export class NodeIndex {
         } else if (!ips.includes(ip)) ips.push(ip);
       });
     }
+    const podCIDRs = readPodCIDRs(node, problems);
     this.delete(name);
-    const entry: NodeEntry = { name, labels, ips };
+    const entry: NodeEntry = { name, labels, ips, podCIDRs };
     this.nodes.set(name, entry);
     for (const ip of ips) {
       const list = this.byIP.get(ip) ?? [];
@@ -80,4 +86,35 @@ export class NodeIndex {
   nameAt(ip: string): string | undefined {
     return this.byIP.get(ip)?.[0]?.name;
   }
+
+  /** A node's InternalIP/ExternalIP addresses (canonical text); none for an unknown node. */
+  addressesOf(name: string): readonly string[] {
+    return this.nodes.get(name)?.ips ?? [];
+  }
+
+  /** A node's pod CIDRs (canonical text); none for an unknown node or one without them. */
+  podCIDRsOf(name: string): readonly string[] {
+    return this.nodes.get(name)?.podCIDRs ?? [];
+  }
+}
+
+/** spec.podCIDRs, or spec.podCIDR when the list is absent; bad entries reported and skipped. */
+function readPodCIDRs(node: Node, problems: [string, string][]): string[] {
+  const spec = node.spec;
+  const list: [unknown, string][] = Array.isArray(spec?.podCIDRs)
+    ? spec.podCIDRs.map((c, i) => [c, `spec.podCIDRs[${i}]`])
+    : spec?.podCIDRs !== undefined
+    ? (problems.push(["spec.podCIDRs", "must be a list"]), [])
+    : spec?.podCIDR !== undefined
+    ? [[spec.podCIDR, "spec.podCIDR"]]
+    : [];
+  const out: string[] = [];
+  for (const [text, field] of list) {
+    const cidr = typeof text === "string"
+      ? Cidr.parse(text)
+      : `${JSON.stringify(text)} is not a CIDR`;
+    if (typeof cidr === "string") problems.push([field, cidr]);
+    else if (!out.includes(cidr.toString())) out.push(cidr.toString());
+  }
+  return out;
 }

@@ -125,6 +125,8 @@ export interface Node {
   apiVersion?: string;
   kind?: "Node";
   metadata: ObjectMeta;
+  /** The pod CIDRs the node hands out (podCIDRs, or the older single podCIDR). */
+  spec?: { podCIDR?: string; podCIDRs?: string[] };
   status?: { addresses?: NodeAddress[] };
 }
 

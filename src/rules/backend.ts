@@ -2,6 +2,7 @@
  * The interface every rule backend implements, and the options they share. What the rules do and
  * why (hooks, chain order, the deny-mark contract, updates, shutdown) is in docs/rules.md.
  */
+import type { UnknownPodMembers } from "../policy/local_pods.ts";
 
 export interface RuleOptions {
   /** NFQUEUE number the verdict loop listens on. */
@@ -16,6 +17,11 @@ export interface RuleOptions {
 export interface QueuedIPs {
   ingress: string[];
   egress: string[];
+  /**
+   * This node's pod CIDRs and the addresses in them the agent knows: new connections from or to
+   * the others are queued (unknown_pod_sets.ts). Absent: those sets are kept empty.
+   */
+  unknownPods?: UnknownPodMembers;
 }
 
 /** Kinds of damage a dataplane check can find: the `reason` label of the repairs counter. */

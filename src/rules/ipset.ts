@@ -1,21 +1,48 @@
 /**
- * The ipsets the iptables backends match on: `kube-netpol-<direction>-v4|v6`, type hash:ip.
- * Rendering is pure (unit-tested); `IpsetSets` runs the batches through a CommandRunner.
+ * The ipsets the iptables backends match on: `kube-netpol-<direction>-v4|v6`, type hash:ip, and
+ * the pod-start race's `kube-netpol-podcidr-v4|v6` (hash:net) and `kube-netpol-known-v4|v6`
+ * (hash:ip; see unknown_pod_sets.ts). Rendering is pure (unit-tested); `IpsetSets` runs the
+ * batches through a CommandRunner.
  */
 import { type CommandRunner, runChecked } from "./command.ts";
-import { diffMembers, QUEUE_SETS, type QueueSet } from "./queue_sets.ts";
+import { diffMembers, QUEUE_SETS } from "./queue_sets.ts";
+import { memberKey, UNKNOWN_POD_SETS } from "./unknown_pod_sets.ts";
+import { canonicalIP, type IPFamily } from "../net/ip.ts";
 
 /** Every ipset we own starts with this; nothing else is ever created, changed or destroyed. */
 export const IPSET_PREFIX = "kube-netpol-";
 
-export function ipsetName(set: QueueSet): string {
+export function ipsetName(set: { name: string }): string {
   return IPSET_PREFIX + set.name;
 }
 
-/** `ipset restore -exist` input creating our four sets (no-op for those that exist). */
+/** One set we own: its short name, ipset type and how its members compare. */
+interface OwnedSet {
+  name: string;
+  family: IPFamily;
+  type: "hash:ip" | "hash:net";
+  key: (text: string) => string | null;
+}
+
+const OWNED_SETS: readonly OwnedSet[] = [
+  ...QUEUE_SETS.map((s) => ({
+    name: s.name,
+    family: s.family,
+    type: "hash:ip" as const,
+    key: canonicalIP,
+  })),
+  ...UNKNOWN_POD_SETS.map((s) => ({
+    name: s.name,
+    family: s.family,
+    type: s.kind === "cidrs" ? "hash:net" as const : "hash:ip" as const,
+    key: memberKey(s),
+  })),
+];
+
+/** `ipset restore -exist` input creating our sets (no-op for those that exist). */
 export function renderIpsetCreate(): string {
-  return QUEUE_SETS.map((s) =>
-    `create ${ipsetName(s)} hash:ip family ${s.family === 4 ? "inet" : "inet6"}\n`
+  return OWNED_SETS.map((s) =>
+    `create ${ipsetName(s)} ${s.type} family ${s.family === 4 ? "inet" : "inet6"}\n`
   ).join("");
 }
 
@@ -40,7 +67,7 @@ export function parseIpsetSave(name: string, text: string): string[] {
 
 /** Our sets (short name -> members) in full `ipset save` output; other sets are ignored. */
 export function parseIpsetSaveAll(text: string): Map<string, string[]> {
-  const byName = new Map(QUEUE_SETS.map((s) => [ipsetName(s), s.name]));
+  const byName = new Map(OWNED_SETS.map((s) => [ipsetName(s), s.name]));
   const sets = new Map<string, string[]>();
   for (const line of text.split("\n")) {
     const [op, name, member] = line.trim().split(/\s+/);
@@ -63,10 +90,13 @@ export class IpsetSets {
     await runChecked(this.run, "ipset", ["restore", "-exist"], renderIpsetCreate());
   }
 
-  /** Bring each set to `desired` (keyed by short set name) with one `ipset restore` batch. */
+  /**
+   * Bring each set to `desired` (keyed by short set name; a set not named is emptied) with one
+   * `ipset restore` batch.
+   */
   async sync(desired: Map<string, string[]>): Promise<{ added: number; removed: number }> {
     const installed = await Promise.all(
-      QUEUE_SETS.map(async (s) => {
+      OWNED_SETS.map(async (s) => {
         const name = ipsetName(s);
         return parseIpsetSave(name, await runChecked(this.run, "ipset", ["save", name]));
       }),
@@ -74,8 +104,8 @@ export class IpsetSets {
     let batch = "";
     let added = 0;
     let removed = 0;
-    QUEUE_SETS.forEach((s, i) => {
-      const diff = diffMembers(desired.get(s.name) ?? [], installed[i] ?? []);
+    OWNED_SETS.forEach((s, i) => {
+      const diff = diffMembers(desired.get(s.name) ?? [], installed[i] ?? [], s.key);
       added += diff.add.length;
       removed += diff.del.length;
       batch += renderIpsetDiff(ipsetName(s), diff);
@@ -101,7 +131,7 @@ export class IpsetSets {
   async existing(): Promise<string[]> {
     const res = await this.run.run("ipset", ["list", "-n"]);
     if (res.code !== 0) return [];
-    const ours = new Set(QUEUE_SETS.map(ipsetName));
+    const ours = new Set(OWNED_SETS.map(ipsetName));
     return res.stdout.split("\n").map((l) => l.trim()).filter((l) => ours.has(l));
   }
 }

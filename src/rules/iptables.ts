@@ -18,6 +18,11 @@ import { ipsetName, IpsetSets } from "./ipset.ts";
 import type { IPFamily } from "../net/ip.ts";
 import { desiredMembers, QUEUE_SETS, setDamage } from "./queue_sets.ts";
 import { iptablesDamage, readIptablesSave } from "./iptables_check.ts";
+import {
+  renderIptablesUnknownPodRules,
+  unknownPodMembers,
+  unknownPodSetDamage,
+} from "./unknown_pod_sets.ts";
 
 export type IptablesFlavour = "nft" | "legacy";
 export const IPTABLES_FLAVOURS: readonly IptablesFlavour[] = ["nft", "legacy"];
@@ -65,6 +70,8 @@ export function renderIptablesChainRules(opts: RuleOptions, family: IPFamily): s
     `${c} ${invalid} -m set --match-set ${set("egress")} src -j DROP`,
     `${c} ${isNew} -m set --match-set ${set("ingress")} dst ${queue}`,
     `${c} ${isNew} -m set --match-set ${set("egress")} src ${queue}`,
+    // Pods that started before the agent knew them (the pod-start race).
+    ...renderIptablesUnknownPodRules(opts, family, IPTABLES_CHAIN, (n) => ipsetName({ name: n })),
   ];
 }
 
@@ -188,6 +195,7 @@ export class IptablesBackend implements RuleBackend {
     const { members, invalid } = desiredMembers(ips);
     // A bad IP must not block the others from being protected: skip it and say so.
     if (invalid.length) this.log?.warn("not queuing invalid pod IPs", { ips: invalid });
+    for (const [name, list] of unknownPodMembers(ips)) members.set(name, list);
     return await this.sets.sync(members);
   }
 
@@ -198,7 +206,8 @@ export class IptablesBackend implements RuleBackend {
       status.damage.push(...iptablesDamage(family, view, this.installedRules.get(family) ?? []));
       status.queueRulePackets! += view.queuePackets;
     }
-    status.damage.push(...setDamage(await this.sets.list(), synced));
+    const sets = await this.sets.list();
+    status.damage.push(...setDamage(sets, synced), ...unknownPodSetDamage(sets, synced));
     return status;
   }
 

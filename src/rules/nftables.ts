@@ -19,6 +19,14 @@ import {
 } from "./backend.ts";
 import { type CommandRunner, denoCommandRunner, runChecked } from "./command.ts";
 import { desiredMembers, diffMembers, QUEUE_SETS, setDamage } from "./queue_sets.ts";
+import {
+  diffUnknownPodSet,
+  renderNftUnknownPodRules,
+  renderNftUnknownPodSets,
+  UNKNOWN_POD_SETS,
+  unknownPodMembers,
+  unknownPodSetDamage,
+} from "./unknown_pod_sets.ts";
 
 export const NFT_TABLE = "inet kube-netpol";
 const JUDGE = "judge";
@@ -45,6 +53,7 @@ export function renderNftInstall(opts: RuleOptions): string {
   for (const s of QUEUE_SETS) {
     lines.push(`add set ${NFT_TABLE} ${s.name} { type ${s.family === 4 ? "ipv4" : "ipv6"}_addr; }`);
   }
+  lines.push(...renderNftUnknownPodSets(NFT_TABLE));
   lines.push(
     `add chain ${NFT_TABLE} ${JUDGE}`,
     `flush chain ${NFT_TABLE} ${JUDGE}`,
@@ -58,6 +67,8 @@ export function renderNftInstall(opts: RuleOptions): string {
   for (const s of QUEUE_SETS) lines.push(rule(`ct state invalid ${match(s)} drop`));
   // The counter lets the dataplane check count packets the kernel let through unjudged.
   for (const s of QUEUE_SETS) lines.push(rule(`${isNew} ${match(s)} counter ${queue}`));
+  // Pods that started before the agent knew them (the pod-start race).
+  for (const body of renderNftUnknownPodRules(opts, queue)) lines.push(rule(body));
   for (const b of BASE_CHAINS) {
     lines.push(
       `add chain ${NFT_TABLE} ${b.name} { type filter hook ${b.hook} priority filter - 10; policy accept; }`,
@@ -93,10 +104,20 @@ export function parseNftSetMembers(json: string): Map<string, string[]> {
   for (const item of doc.nftables ?? []) {
     const set = item["set"] as { name?: string; elem?: unknown[] } | undefined;
     if (!set?.name) continue;
-    // Plain address sets list bare strings; anything else is not ours to interpret.
-    members.set(set.name, (set.elem ?? []).filter((e): e is string => typeof e === "string"));
+    // Plain address sets list bare strings, interval sets prefixes (`{"prefix": {"addr": ...,
+    // "len": 16}}`) and bare strings for single addresses; anything else is not ours to interpret.
+    members.set(set.name, (set.elem ?? []).flatMap(nftElementText));
   }
   return members;
+}
+
+function nftElementText(e: unknown): string[] {
+  if (typeof e === "string") return [e];
+  const prefix = (e as { prefix?: { addr?: unknown; len?: unknown } } | null)?.prefix;
+  if (typeof prefix?.addr === "string" && typeof prefix.len === "number") {
+    return [`${prefix.addr}/${prefix.len}`];
+  }
+  return [];
 }
 
 /** Our chains and rules in `nft -j list table` output, comparable across listings. */
@@ -196,6 +217,7 @@ export class NftablesBackend implements RuleBackend {
       damage: [
         ...(this.installed ? nftDamage(now, this.installed) : []),
         ...setDamage(now.sets, synced),
+        ...unknownPodSetDamage(now.sets, synced),
       ],
       queueRulePackets: now.queuePackets,
     };
@@ -210,6 +232,13 @@ export class NftablesBackend implements RuleBackend {
     let removed = 0;
     for (const s of QUEUE_SETS) {
       const d = diffMembers(members.get(s.name) ?? [], installed.get(s.name) ?? []);
+      diffs.set(s.name, d);
+      added += d.add.length;
+      removed += d.del.length;
+    }
+    const unknownPods = unknownPodMembers(ips);
+    for (const s of UNKNOWN_POD_SETS) {
+      const d = diffUnknownPodSet(s, unknownPods.get(s.name) ?? [], installed.get(s.name) ?? []);
       diffs.set(s.name, d);
       added += d.add.length;
       removed += d.del.length;

@@ -48,17 +48,25 @@ export function desiredMembers(
   return { members, invalid };
 }
 
-/** What to add and delete so that `installed` becomes `desired`, comparing addresses, not text. */
-export function diffMembers(desired: readonly string[], installed: readonly string[]): SetDiff {
+/**
+ * What to add and delete so that `installed` becomes `desired`, comparing addresses (or what `key`
+ * says, e.g. blocks for CIDR sets), not text.
+ */
+export function diffMembers(
+  desired: readonly string[],
+  installed: readonly string[],
+  key: (text: string) => string | null = canonicalIP,
+): SetDiff {
+  const canonical = key;
   const installedByKey = new Map<string, string>();
   for (const ip of installed) {
-    const key = canonicalIP(ip);
+    const key = canonical(ip);
     if (key !== null) installedByKey.set(key, ip);
   }
   const desiredKeys = new Set<string>();
   const add: string[] = [];
   for (const ip of desired) {
-    const key = canonicalIP(ip);
+    const key = canonical(ip);
     if (key === null || desiredKeys.has(key)) continue;
     desiredKeys.add(key);
     if (!installedByKey.has(key)) add.push(ip);

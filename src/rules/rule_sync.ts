@@ -17,6 +17,7 @@ import type { Logger } from "../log.ts";
 import type { AgentMetrics } from "../metrics.ts";
 import type { Damage, DataplaneStatus, QueuedIPs, RuleBackend, RuleOptions } from "./backend.ts";
 import { chooseBackend } from "./choose.ts";
+import type { UnknownPodMembers } from "../policy/local_pods.ts";
 
 export const COALESCE_MS = 10;
 export const RETRY_BASE_MS = 100;
@@ -48,6 +49,8 @@ export interface RuleSyncOptions {
   /** Dataplane check period; 0 turns the periodic check off (failed syncs still check). */
   checkIntervalMs?: number;
   observer?: DataplaneObserver;
+  /** The pod-start race's set members (local_pods.ts); absent: those sets stay empty. */
+  unknownPods?: { members(): UnknownPodMembers };
 }
 
 /** Delay before retry number `failures` (1, 2, ...): 200 ms doubling, capped. */
@@ -94,7 +97,7 @@ export class RuleSync {
     node: string,
     metrics: AgentMetrics,
     log: Logger,
-    extra: Pick<RuleSyncOptions, "clock" | "checkIntervalMs" | "observer"> = {},
+    extra: Pick<RuleSyncOptions, "clock" | "checkIntervalMs" | "observer" | "unknownPods"> = {},
   ): Promise<RuleSync> {
     const backend = await chooseBackend(opts, log);
     await backend.install();
@@ -197,6 +200,7 @@ export class RuleSync {
     const generation = engine.generation;
     const started = performance.now();
     const ips = engine.queuedIPs(this.o.node);
+    if (this.o.unknownPods) ips.unknownPods = this.o.unknownPods.members();
     try {
       const { added, removed } = await backend.sync(ips);
       const seconds = (performance.now() - started) / 1000;

@@ -28,6 +28,11 @@ export interface PacketVerdict {
   verdict: NfVerdict;
   mark: number | undefined;
   allowed: boolean;
+  /**
+   * No verdict yet: an endpoint is a local pod the agent does not know yet (`unknownEndpoint`);
+   * the caller holds the packet (held_verdicts.ts) and asks `judgeParsed` once it is known.
+   */
+  held: boolean;
 }
 
 /** Milliseconds from a monotonic clock (performance.now by default). */
@@ -39,13 +44,23 @@ const MICROS_PER_MS = 1000;
 export class PacketJudge {
   /** Reused for every packet: evaluation is synchronous and keeps no reference to it. */
   private readonly conn: Connection = { src: "", dst: "", protocol: "TCP", port: 0 };
-  private readonly out: PacketVerdict = { verdict: NF_ACCEPT, mark: undefined, allowed: true };
+  private readonly out: PacketVerdict = {
+    verdict: NF_ACCEPT,
+    mark: undefined,
+    allowed: true,
+    held: false,
+  };
   // What the last judge() saw, kept by reference so a record is built only when one is wanted.
   private packet: ParsedPacket | undefined;
   private decision: Decision | undefined;
   private failure: ParseFailureResult | undefined;
   private error: unknown;
   private family: 4 | 6 = 4;
+  /**
+   * [pod-start race] True for an address of this node's pod CIDRs no known pod owns
+   * (LocalPodAddresses.isUnknown); a packet with such an endpoint is held, not judged.
+   */
+  unknownEndpoint?: (ip: string) => boolean;
 
   constructor(
     private readonly engine: PolicyEngine,
@@ -61,6 +76,7 @@ export class PacketJudge {
   judge(payload: Uint8Array, mark: number, hwProtocol: number, started: number): PacketVerdict {
     const out = this.out;
     out.mark = undefined;
+    out.held = false;
     this.decision = undefined;
     this.error = undefined;
     const parsed = parsePacket(payload);
@@ -75,6 +91,33 @@ export class PacketJudge {
     this.packet = p;
     this.failure = undefined;
     this.family = p.family;
+    const unknown = this.unknownEndpoint;
+    if (unknown && (unknown(p.src) || unknown(p.dst))) {
+      out.held = true;
+      return out;
+    }
+    return this.decide(p, mark, started);
+  }
+
+  /** The packet judge() returned `held` for (its parsed connection), for the caller to keep. */
+  get heldPacket(): ParsedPacket | undefined {
+    return this.out.held ? this.packet : undefined;
+  }
+
+  /** Judge a packet held earlier, now that its addresses are known. Never throws. */
+  judgeParsed(p: ParsedPacket, mark: number, started: number): PacketVerdict {
+    this.out.mark = undefined;
+    this.out.held = false;
+    this.decision = undefined;
+    this.error = undefined;
+    this.packet = p;
+    this.failure = undefined;
+    this.family = p.family;
+    return this.decide(p, mark, started);
+  }
+
+  private decide(p: ParsedPacket, mark: number, started: number): PacketVerdict {
+    const out = this.out;
     const conn = this.conn;
     conn.src = p.src;
     conn.dst = p.dst;

@@ -25,6 +25,7 @@ import { recordProcessStats } from "./process_stats.ts";
 import type { SystemStats, SystemStatsSource } from "./system_stats.ts";
 import { type SpawnedVerdictWorker, spawnVerdictWorker } from "./worker_spawn.ts";
 import type { RecordSink } from "./deny_log.ts";
+import { recordHeldStats } from "./held_verdicts.ts";
 
 export type { RecordSink, VerdictLoopOptions, VerdictRecord };
 
@@ -130,6 +131,7 @@ export class VerdictLoop {
     }
     if (msg.type !== "report") return;
     recordSnapshot(this.metrics, msg.stats);
+    if (msg.held) recordHeldStats(this.metrics, msg.held);
     for (const w of msg.warnings) this.log.warn(w);
     try {
       this.records.write(msg.records, msg.heldBack);
@@ -165,6 +167,12 @@ export class VerdictLoop {
     this.worker.postMessage({ type: "event", seq, event: ev } satisfies ToWorker);
     // Bumped after posting: a worker that sees the new number knows the message is on its way.
     Atomics.store(this.control, SLOT_POSTED_SEQ, seq);
+  }
+
+  /** This node's interface addresses (known local addresses for the pod-start race). */
+  setLocalAddresses(ips: string[]): void {
+    if (this.stopping) return;
+    this.worker.postMessage({ type: "local-addresses", ips } satisfies ToWorker);
   }
 
   /** The state is complete: start judging (packets waited in the kernel queue until now). */

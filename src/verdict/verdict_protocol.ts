@@ -8,6 +8,7 @@ import type { StateEvent } from "../state/events.ts";
 import type { Decision } from "../policy/types.ts";
 import type { PacketStatsSnapshot } from "./verdict_stats.ts";
 import type { SystemStats } from "./system_stats.ts";
+import type { HeldStatsSnapshot } from "./held_verdicts.ts";
 
 export interface VerdictLoopOptions {
   queueId: number;
@@ -28,6 +29,13 @@ export interface VerdictLoopOptions {
   recvTimeoutMs?: number;
   /** Deny records (log lines) per second at most, burst twice that; default 50 (deny_log.ts). */
   denyLogRate?: number;
+  /**
+   * [pod-start race] How long a packet from or to an unknown local pod waits for its pod
+   * (held_verdicts.ts); 0 or absent: such packets are judged at once, as non-pod addresses.
+   */
+  unknownPodTimeoutMs?: number;
+  /** `--pod-cidr`: this node's pod CIDRs, instead of its Node object's (local_pods.ts). */
+  podCIDRs?: string[];
 }
 
 /**
@@ -93,7 +101,9 @@ export const CONTROL_BYTES = 24;
 
 export type ToWorker =
   | { type: "init"; opts: VerdictLoopOptions; control: SharedArrayBuffer }
-  | { type: "event"; seq: number; event: StateEvent };
+  | { type: "event"; seq: number; event: StateEvent }
+  /** This node's interface addresses (they are known local addresses; local_pods.ts). */
+  | { type: "local-addresses"; ips: string[] };
 
 export type FromWorker =
   | { type: "ready" }
@@ -109,6 +119,8 @@ export type FromWorker =
     heldBack: HeldBack;
     /** Problems the worker survived (netlink errors, send failures), already rate-limited. */
     warnings: string[];
+    /** Held packets (pod-start race), in periodic reports when there is anything to say. */
+    held?: HeldStatsSnapshot;
   }
   /** The worker's /proc readings (queue counters, process metrics), every few seconds. */
   | { type: "system"; stats: SystemStats }

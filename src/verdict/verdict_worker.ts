@@ -40,6 +40,16 @@ import {
 } from "./verdict_protocol.ts";
 import { PacketStats } from "./verdict_stats.ts";
 import { SystemStatsReader } from "./system_stats.ts";
+import { LocalPodAddresses } from "../policy/local_pods.ts";
+import {
+  describeRelease,
+  type HeldPacket,
+  HeldVerdicts,
+  maxHeldFor,
+  type ReleaseReason,
+  releaseVerdict,
+} from "./held_verdicts.ts";
+import type { PacketVerdict } from "./packet_judge.ts";
 
 const REPORT_EVERY_MS = 250;
 /** Records are latency-sensitive (deny logs): sent sooner than statistics. */
@@ -72,6 +82,10 @@ const engine = new PolicyEngine();
 let applied = 0;
 /** Resolves the wait in catchUp() once the posted sequence number is reached. */
 let caughtUp: (() => void) | undefined;
+/** [pod-start race] This node's pod CIDRs and which addresses in them are known. */
+let localPods: LocalPodAddresses | undefined;
+/** Bumped when the interface addresses change: held packets are looked at again. */
+let localAddressesVersion = 0;
 
 self.onmessage = (e: MessageEvent<ToWorker>) => {
   const msg = e.data;
@@ -81,7 +95,17 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
     initialized = true;
     control = new Int32Array(msg.control, 0, 4);
     heartbeat = new Float64Array(msg.control, HEARTBEAT_BYTE_OFFSET, 1);
+    try {
+      localPods = new LocalPodAddresses(engine, msg.opts.nodeName, msg.opts.podCIDRs);
+    } catch (err) {
+      post({ type: "fatal", message: String((err as Error)?.message ?? err) });
+      return;
+    }
     run(msg.opts).catch((err) => post({ type: "fatal", message: String(err?.message ?? err) }));
+    return;
+  }
+  if (msg.type === "local-addresses") {
+    if (localPods?.setInterfaceAddresses(msg.ips)) localAddressesVersion++;
     return;
   }
   if (msg.seq !== applied + 1) {
@@ -167,6 +191,7 @@ async function loop(queue: NfQueue, opts: VerdictLoopOptions): Promise<void> {
       continue;
     }
     turns.drain();
+    turns.releaseHeld(performance.now());
     turns.send();
     const now = performance.now();
     turns.report(now);
@@ -175,6 +200,7 @@ async function loop(queue: NfQueue, opts: VerdictLoopOptions): Promise<void> {
       await yieldTurn();
     }
   }
+  turns.releaseAllHeld();
   turns.flush();
 }
 
@@ -200,6 +226,12 @@ class VerdictTurns implements NetlinkSink {
   private warnings: string[] = [];
   private lastReport = performance.now();
   private lastRecords = this.lastReport;
+  /** [pod-start race] Packets waiting for their pod; absent when holding is off. */
+  private readonly held?: HeldVerdicts;
+  private readonly failOpen: boolean;
+  private readonly releaseLog = new RateLimiter(1, 5);
+  /** Engine generation and interface addresses last looked at for held packets. */
+  private heldSeen = { generation: -1, addresses: -1 };
 
   constructor(
     private readonly queue: NfQueue,
@@ -210,6 +242,12 @@ class VerdictTurns implements NetlinkSink {
   ) {
     this.maxBatch = Math.max(1, opts.maxBatch ?? 64);
     this.batch = new VerdictBatch(opts.queueId, this.maxBatch);
+    this.failOpen = opts.failOpen;
+    if (opts.unknownPodTimeoutMs && localPods) {
+      const local = localPods;
+      this.held = new HeldVerdicts(opts.unknownPodTimeoutMs, maxHeldFor(opts.queueMaxLen));
+      judge.unknownEndpoint = (ip) => local.isUnknown(ip);
+    }
   }
 
   /** Read what the kernel queued (waiting for the first datagram), judging each packet. */
@@ -268,9 +306,10 @@ class VerdictTurns implements NetlinkSink {
   private postReport(periodic = false): void {
     const heldBack = periodic ? this.gate.takeHeldBack() : NOTHING_HELD_BACK;
     const stats = this.stats;
+    const held = periodic && this.held?.hasStats ? this.held.snapshot() : undefined;
     if (
       stats.isEmpty && !this.records.length && !this.warnings.length &&
-      !heldBack.denies && !heldBack.allows
+      !heldBack.denies && !heldBack.allows && !held
     ) return;
     post({
       type: "report",
@@ -278,6 +317,7 @@ class VerdictTurns implements NetlinkSink {
       records: this.records,
       heldBack,
       warnings: this.warnings,
+      ...(held ? { held } : {}),
     });
     this.records = [];
     this.warnings = [];
@@ -292,7 +332,16 @@ class VerdictTurns implements NetlinkSink {
   packet(p: QueuedPacket): void {
     this.received++;
     const v = this.judge.judge(p.payload, p.mark, p.hwProtocol, this.started);
-    this.batch.add(p.id, v.verdict, v.mark);
+    if (v.held) return this.hold(p);
+    this.answer(p.id, v);
+  }
+
+  /** Add a verdict (sending first if the batch is full) and its record if the gate wants it. */
+  private answer(id: number, v: PacketVerdict): void {
+    if (!this.batch.add(id, v.verdict, v.mark)) {
+      this.send();
+      this.batch.add(id, v.verdict, v.mark);
+    }
     if (this.gate.admit(v.allowed)) {
       const r = this.judge.record(Date.now());
       if (!v.allowed) {
@@ -300,6 +349,62 @@ class VerdictTurns implements NetlinkSink {
         if (before) r.suppressedBefore = before;
       }
       this.records.push(r);
+    }
+  }
+
+  // [pod-start race] Holding packets whose pod is not known yet (held_verdicts.ts).
+
+  private hold(p: QueuedPacket): void {
+    const packet = this.judge.heldPacket;
+    if (!this.held || !packet) return; // cannot happen: held only when holding is on
+    const overflow = this.held.hold({ id: p.id, mark: p.mark, packet, since: this.started });
+    if (overflow) this.release(overflow, "overflow", this.started);
+  }
+
+  /**
+   * Judge the held packets whose pods are known now (after state changed), release those held
+   * too long by the --fail-open rule. Called every turn, after the turn's packets were read.
+   */
+  releaseHeld(now: number): void {
+    const held = this.held;
+    if (!held || held.size === 0) return;
+    const seen = this.heldSeen;
+    if (seen.generation !== engine.generation || seen.addresses !== localAddressesVersion) {
+      seen.generation = engine.generation;
+      seen.addresses = localAddressesVersion;
+      for (const h of held.takeKnown(this.judge.unknownEndpoint!, now)) {
+        this.answer(h.id, this.judge.judgeParsed(h.packet, h.mark, performance.now()));
+      }
+    }
+    for (const h of held.takeExpired(now)) this.release(h, "timeout", now);
+  }
+
+  /** The loop stops: what is held gets the --fail-open verdict now (unbinding would drop it). */
+  releaseAllHeld(): void {
+    if (!this.held?.size) return;
+    const verdict = releaseVerdict(this.failOpen);
+    for (const h of this.held.takeAll()) {
+      if (!this.batch.add(h.id, verdict)) {
+        this.send();
+        this.batch.add(h.id, verdict);
+      }
+    }
+    this.send();
+  }
+
+  private release(h: HeldPacket, reason: ReleaseReason, now: number): void {
+    const verdict = releaseVerdict(this.failOpen);
+    if (!this.batch.add(h.id, verdict)) {
+      this.send();
+      this.batch.add(h.id, verdict);
+    }
+    if (this.releaseLog.take()) {
+      const unknown = this.judge.unknownEndpoint ?? (() => false);
+      const suppressed = this.releaseLog.drainSuppressed();
+      this.warnings.push(
+        describeRelease(h, reason, this.failOpen, unknown, now - h.since) +
+          (suppressed ? ` (${suppressed} similar lines suppressed before)` : ""),
+      );
     }
   }
 
