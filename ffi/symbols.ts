@@ -34,8 +34,9 @@ export const NFQ_SYMBOLS = {
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /**
- * libc.so.6: socket I/O on the queue's netlink socket, errno, and reading /proc (the queue's
- * kernel counters and the process metrics), which Deno's own file API only reads with --allow-all.
+ * libc.so.6: socket I/O on the queue's netlink socket and on strict mode's conntrack socket
+ * (netlink_socket.ts), errno, and reading /proc (the queue's kernel counters and the process
+ * metrics), which Deno's own file API only reads with --allow-all.
  */
 export const LIBC_SYMBOLS = {
   /** int open(const char *pathname, int flags) — pathname NUL-terminated in a JS buffer. */
@@ -51,6 +52,13 @@ export const LIBC_SYMBOLS = {
   getdents64: { parameters: ["i32", "buffer", "usize"], result: "isize" },
   /** long sysconf(int name) — clock ticks per second for /proc CPU times. */
   sysconf: { parameters: ["i32"], result: "i64" },
+  /** int socket(int domain, int type, int protocol) */
+  socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  /**
+   * int bind(int sockfd, const struct sockaddr *addr, socklen_t addrlen) — the sockaddr in a JS
+   * buffer.
+   */
+  bind: { parameters: ["i32", "buffer", "u32"], result: "i32" },
   /** ssize_t recv(int sockfd, void *buf, size_t len, int flags) — blocks up to SO_RCVTIMEO. */
   recv: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
   /** ssize_t send(int sockfd, const void *buf, size_t len, int flags) */
