@@ -8,6 +8,7 @@ import type { StateEvent } from "../state/events.ts";
 import type { Decision } from "../policy/types.ts";
 import type { PacketStatsSnapshot } from "./verdict_stats.ts";
 import type { SystemStats } from "./system_stats.ts";
+import type { StrictReport } from "./strict_cuts.ts";
 
 export interface VerdictLoopOptions {
   queueId: number;
@@ -28,6 +29,11 @@ export interface VerdictLoopOptions {
   recvTimeoutMs?: number;
   /** Deny records (log lines) per second at most, burst twice that; default 50 (deny_log.ts). */
   denyLogRate?: number;
+  /**
+   * Strict mode: the ct mark bit that cuts connections a state change denies (strict_cuts.ts).
+   * Absent: strict mode off.
+   */
+  strictCutMark?: number;
 }
 
 /**
@@ -112,4 +118,6 @@ export type FromWorker =
   }
   /** The worker's /proc readings (queue counters, process metrics), every few seconds. */
   | { type: "system"; stats: SystemStats }
+  /** Strict mode: connections cut and un-cut since the last one (strict_cuts.ts). */
+  | { type: "strict"; report: StrictReport }
   | { type: "closed" };

@@ -40,6 +40,7 @@ import {
 } from "./verdict_protocol.ts";
 import { PacketStats } from "./verdict_stats.ts";
 import { SystemStatsReader } from "./system_stats.ts";
+import { openStrictMode, type StrictMode } from "./strict_worker.ts";
 
 const REPORT_EVERY_MS = 250;
 /** Records are latency-sensitive (deny logs): sent sooner than statistics. */
@@ -70,6 +71,8 @@ let systemStats: SystemStatsReader | undefined;
 let initialized = false;
 const engine = new PolicyEngine();
 let applied = 0;
+/** Strict mode (strict_cuts.ts): set at init when enabled and the conntrack socket opened. */
+let strict: StrictMode | undefined;
 /** Resolves the wait in catchUp() once the posted sequence number is reached. */
 let caughtUp: (() => void) | undefined;
 
@@ -81,6 +84,8 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
     initialized = true;
     control = new Int32Array(msg.control, 0, 4);
     heartbeat = new Float64Array(msg.control, HEARTBEAT_BYTE_OFFSET, 1);
+    // Before any state event arrives: the engine must note every change from the first one on.
+    strict = openStrictMode(engine, msg.opts, post);
     run(msg.opts).catch((err) => post({ type: "fatal", message: String(err?.message ?? err) }));
     return;
   }
@@ -91,7 +96,10 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
   applyOne(msg.event);
   applied = msg.seq;
   // End of a burst of changes: build the rule tables now, not on the next packet's path.
-  if (applied >= Atomics.load(control, SLOT_POSTED_SEQ)) engine.prepare();
+  if (applied >= Atomics.load(control, SLOT_POSTED_SEQ)) {
+    engine.prepare();
+    strict?.changed();
+  }
   Atomics.store(control, SLOT_APPLIED_SEQ, applied);
   if (caughtUp && applied >= Atomics.load(control, SLOT_POSTED_SEQ)) {
     caughtUp();
@@ -170,12 +178,15 @@ async function loop(queue: NfQueue, opts: VerdictLoopOptions): Promise<void> {
     turns.send();
     const now = performance.now();
     turns.report(now);
+    // Between turns: strict mode re-judges the connections a change touched (time-bounded).
+    strict?.turn(now);
     if (now - lastYield >= YIELD_EVERY_MS) {
       lastYield = now;
       await yieldTurn();
     }
   }
   turns.flush();
+  strict?.close();
 }
 
 /**
