@@ -15,6 +15,7 @@ const SOL_SOCKET = 1;
 const SO_RCVBUF = 8;
 const SO_RCVTIMEO = 20;
 const SO_RCVBUFFORCE = 33;
+const MSG_DONTWAIT = 0x40;
 /** struct sockaddr_nl: u16 nl_family, u16 pad, u32 nl_pid (0: the kernel picks), u32 nl_groups. */
 const SOCKADDR_NL_LEN = 12;
 
@@ -93,15 +94,28 @@ export class NetlinkSocket {
 
   /**
    * Receives one datagram into `buf`: its length, or NETLINK_RECV_TIMEOUT when nothing arrived
-   * within the timeout. Throws FfiError on failures (ENOBUFS: the kernel dropped messages).
+   * within the timeout (at once with `dontWait`). Throws FfiError on failures (ENOBUFS: the
+   * kernel dropped messages).
    */
-  recv(buf: Uint8Array): number {
+  recv(buf: Uint8Array, dontWait = false): number {
     if (this.closed) throw new Error("netlink socket is closed");
-    const n = Number(this.libs.libc.recv(this.fd, buf, BigInt(buf.byteLength), 0));
+    const flags = dontWait ? MSG_DONTWAIT : 0;
+    const n = Number(this.libs.libc.recv(this.fd, buf, BigInt(buf.byteLength), flags));
     if (n >= 0) return n;
     const errno = this.libs.errno();
     if (errno === Errno.EAGAIN || errno === Errno.EINTR) return NETLINK_RECV_TIMEOUT;
     throw new FfiError("recv on a netlink socket", errno, hintFor(errno));
+  }
+
+  /**
+   * send() on another thread (see LIBC_SYMBOLS.send_off_thread): resolves true when the whole
+   * datagram went out. No errno: the call ran on another thread. `bytes` must stay untouched
+   * until it settles.
+   */
+  async sendOffThread(bytes: Uint8Array): Promise<boolean> {
+    if (this.closed) throw new Error("netlink socket is closed");
+    const n = await this.libs.libc.send_off_thread(this.fd, bytes, BigInt(bytes.byteLength), 0);
+    return Number(n) === bytes.byteLength;
   }
 
   /** Idempotent. */

@@ -64,6 +64,19 @@ export const LIBC_SYMBOLS = {
   /** ssize_t send(int sockfd, const void *buf, size_t len, int flags) */
   send: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
   /**
+   * send() on a thread of Deno's blocking pool, returning a promise: for strict mode's conntrack
+   * dump requests, because the kernel walks its whole conntrack hash table inside that send
+   * (about 13 ms for 262144 buckets here), which must not stall the verdict loop. The answer is
+   * then read with plain non-blocking recv() calls. errno belongs to the pool thread, so it cannot
+   * be read afterwards (the kernel's own answers, NLMSG_ERROR, still carry theirs).
+   */
+  send_off_thread: {
+    name: "send",
+    parameters: ["i32", "buffer", "usize", "i32"],
+    result: "isize",
+    nonblocking: true,
+  },
+  /**
    * int setsockopt(int sockfd, int level, int optname, const void *optval, socklen_t optlen)
    */
   setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },

@@ -21,14 +21,18 @@
  *      pod at one end, so they cover everything);
  *   2. their conntrack entries, filtered by the kernel: for an IPv4 address the entries whose
  *      original source is it (its egress) and those whose reply source is it (its ingress, after
- *      any DNAT). For IPv6 the kernel's address filter is broken (src/netlink/conntrack.ts), so
- *      the IPv6 family is dumped once per round and filtered here;
+ *      any DNAT). Every dump, filtered or not, costs one walk of the kernel's whole hash table
+ *      (about 13 ms for 262144 buckets here, not on the Worker's thread), so a round with more than
+ *      MAX_FILTERED_V4 IPv4 addresses dumps the IPv4 family once and filters here instead. For
+ *      IPv6 the kernel's address filter is broken (src/netlink/conntrack.ts): the IPv6 family is
+ *      dumped once per round and filtered here;
  *   3. each entry judged as the filter hooks saw its first packet: source = original source,
  *      destination = reply source, port = reply source port (a Service's DNAT already applied);
  *      denied and not cut -> cut; allowed and cut -> un-cut; anything else is never touched.
  *
- * It runs in the verdict Worker between packet turns (work()), bounded by a time budget per call,
- * and reports counts, latencies (change applied -> entry cut) and rate-limited records for the log.
+ * It runs in the verdict Worker between packet turns (work()): the kernel walks its table for a
+ * dump while packets are judged (conntrack_kernel.ts), and reading, judging entries and changing
+ * marks are bounded by a time budget per call. It reports counts, latencies (change applied -> entry cut) and rate-limited records.
  */
 import type { ConntrackEntry, DumpSide } from "../netlink/conntrack.ts";
 import type { PolicyEngine } from "../policy/engine.ts";
@@ -38,14 +42,23 @@ import { RateLimiter } from "../log.ts";
 
 /** What strict mode needs of conntrack: the kernel's (conntrack_kernel.ts) or a fake (tests). */
 export interface ConntrackPort {
-  /** Entries of one family; with `filter`, only those whose `side` address is `filter.ip`. */
-  dump(family: 4 | 6, filter?: { ip: string; side: DumpSide }): ConntrackEntry[];
+  /**
+   * Starts reading the entries of one family; with `filter`, only those whose `side` address is
+   * `filter.ip`. One dump at a time; poll it until it is done.
+   */
+  startDump(family: 4 | 6, filter?: { ip: string; side: DumpSide }): ConntrackDump;
   /**
    * Sets `value` under `mask` in each entry's ct mark. One errno per update, in order: 0 when
    * done, ENOENT (2) when the entry went away meanwhile.
    */
   setMarks(updates: readonly MarkUpdate[]): number[];
   close(): void;
+}
+
+/** A dump under way. */
+export interface ConntrackDump {
+  /** What arrived since the last call, without waiting; `done` once complete. Throws on failure. */
+  poll(): { entries: ConntrackEntry[]; done: boolean };
 }
 
 export interface MarkUpdate {
@@ -151,6 +164,13 @@ export interface StrictCutsOptions {
 
 /** Updates handed to the port at once (each is one netlink message and one ack). */
 const UPDATES_PER_STEP = 256;
+/** Entries judged between two looks at the clock. */
+const ENTRIES_PER_STEP = 256;
+/**
+ * IPv4 addresses per round read with kernel-filtered dumps (two each); beyond that one dump of
+ * the family costs fewer table walks: at most 8 walks, about 100 ms here, per round.
+ */
+export const MAX_FILTERED_V4 = 4;
 
 interface DumpTask {
   family: 4 | 6;
@@ -160,8 +180,12 @@ interface DumpTask {
 interface Round {
   tasks: DumpTask[];
   next: number;
-  /** IPv6 addresses of this round: a family dump keeps only their entries. */
-  v6: Set<string>;
+  /** The dump under way and its task. */
+  dump?: { reader: ConntrackDump; task: DumpTask };
+  /** Entries read and not yet judged. */
+  entries: ConntrackEntry[];
+  /** This round's addresses: an unfiltered (family) dump keeps only their entries. */
+  addresses: Set<string>;
   /** Entries already judged this round (a pod-to-pod entry shows up for both pods). */
   seen: Set<string>;
   updates: { update: MarkUpdate; action: EntryAction }[];
@@ -206,9 +230,14 @@ export class StrictCuts {
     this.pendingSince ??= { at: this.clock(), wall: this.wallClock() };
   }
 
-  /** Whether a round is under way (work() has more to do right away). */
+  /** Whether a round is under way. */
   get busy(): boolean {
     return this.round !== undefined;
+  }
+
+  /** A dump is under way (the kernel walks its table while work() keeps returning). */
+  get waiting(): boolean {
+    return this.round?.dump !== undefined;
   }
 
   /**
@@ -229,14 +258,18 @@ export class StrictCuts {
     while (this.clock() - start < this.budgetMs) {
       if (round.updates.length) {
         this.applyUpdates(round, round.updates.splice(0, UPDATES_PER_STEP));
-        continue;
+      } else if (round.entries.length) {
+        this.judge(round, round.entries.splice(0, ENTRIES_PER_STEP));
+      } else if (round.dump) {
+        if (!this.pollDump(round, round.dump)) return; // nothing yet: look again next turn
+      } else {
+        const task = round.tasks[round.next++];
+        if (!task) {
+          this.round = undefined;
+          return;
+        }
+        this.startDump(round, task);
       }
-      const task = round.tasks[round.next++];
-      if (!task) {
-        this.round = undefined;
-        return;
-      }
-      this.runTask(round, task);
     }
   }
 
@@ -247,18 +280,21 @@ export class StrictCuts {
     this.pendingSince = undefined;
     const local = this.engine.podIPsOn(this.opts.nodeName);
     const addresses = changed.length > local.length ? local : changed;
-    const tasks: DumpTask[] = [];
-    const v6 = new Set<string>();
-    for (const ip of addresses) {
-      if (ip.includes(":")) v6.add(ip);
-      else {
-        tasks.push({ family: 4, filter: { ip, side: "orig-src" } });
-        tasks.push({ family: 4, filter: { ip, side: "reply-src" } });
-      }
-    }
-    if (v6.size) tasks.push({ family: 6 });
-    if (!tasks.length) return undefined;
-    const round: Round = { tasks, next: 0, v6, seen: new Set(), updates: [] };
+    if (!addresses.length) return undefined;
+    const v4 = addresses.filter((ip) => !ip.includes(":"));
+    const tasks: DumpTask[] = v4.length > MAX_FILTERED_V4 ? [{ family: 4 }] : v4.flatMap((ip) => [
+      { family: 4 as const, filter: { ip, side: "orig-src" as const } },
+      { family: 4 as const, filter: { ip, side: "reply-src" as const } },
+    ]);
+    if (v4.length < addresses.length) tasks.push({ family: 6 });
+    const round: Round = {
+      tasks,
+      next: 0,
+      entries: [],
+      addresses: new Set(addresses),
+      seen: new Set(),
+      updates: [],
+    };
     if (since && !since.startUp) {
       round.changedAt = since.at;
       round.changedAtWall = since.wall;
@@ -266,18 +302,43 @@ export class StrictCuts {
     return round;
   }
 
-  private runTask(round: Round, task: DumpTask): void {
-    let entries: ConntrackEntry[];
+  private startDump(round: Round, task: DumpTask): void {
     try {
-      entries = this.port.dump(task.family, task.filter);
+      round.dump = { reader: this.port.startDump(task.family, task.filter), task };
     } catch (e) {
-      const what = task.filter ? `${task.filter.ip} (${task.filter.side})` : `IPv${task.family}`;
-      this.warn(`strict mode: reading conntrack entries of ${what} failed: ${message(e)}`);
-      return;
+      this.dumpFailed(task, e);
     }
+  }
+
+  /** Takes what the dump has; false when it had nothing new (the kernel is still walking). */
+  private pollDump(round: Round, dump: NonNullable<Round["dump"]>): boolean {
+    let got: { entries: ConntrackEntry[]; done: boolean };
+    try {
+      got = dump.reader.poll();
+    } catch (e) {
+      round.dump = undefined;
+      this.dumpFailed(dump.task, e);
+      return true;
+    }
+    if (got.done) round.dump = undefined;
+    if (dump.task.filter) round.entries.push(...got.entries);
+    else {
+      const mine = round.addresses;
+      for (const e of got.entries) {
+        if (mine.has(e.orig.src) || mine.has(e.reply.src)) round.entries.push(e);
+      }
+    }
+    return got.done || got.entries.length > 0;
+  }
+
+  private dumpFailed(task: DumpTask, e: unknown): void {
+    const what = task.filter ? `${task.filter.ip} (${task.filter.side})` : `IPv${task.family}`;
+    this.warn(`strict mode: reading conntrack entries of ${what} failed: ${message(e)}`);
+  }
+
+  private judge(round: Round, entries: ConntrackEntry[]): void {
     const cutMark = this.opts.cutMark;
     for (const entry of entries) {
-      if (!task.filter && !round.v6.has(entry.orig.src) && !round.v6.has(entry.reply.src)) continue;
       const key = entryKey(entry);
       if (round.seen.has(key)) continue;
       round.seen.add(key);
