@@ -462,7 +462,7 @@ Deno.test("engine change tracking: off unless asked; which addresses each kind o
   e.upsertPolicy(ONLY_YA_TO_XA);
   assert.deepEqual(e.takeChangedAddresses(), [], "not tracked by default");
   e.trackChangedAddresses();
-  const take = () => e.takeChangedAddresses().sort();
+  const take = () => [...e.takeChangedAddresses()].sort();
   // A policy: the pods it (re)selects.
   e.upsertPolicy(np("y", "p", { podSelector: { matchLabels: { pod: "b" } } }));
   assert.deepEqual(take(), ["10.0.2.2"]);

@@ -11,6 +11,7 @@
  *     rarely). Each poll decodes at most a few datagrams (a few hundred entries each);
  *   - ct mark updates are synchronous: each is one hash lookup in the kernel, answered at once.
  */
+import { errnoName, hintFor } from "../../ffi/library.ts";
 import { NETLINK_NETFILTER, NetlinkSocket } from "../../ffi/netlink_socket.ts";
 import {
   type ConntrackEntry,
@@ -144,7 +145,12 @@ class KernelDump implements ConntrackDump {
       },
       ack: (errno: number, s: number) => {
         // A dump ends in NLMSG_DONE; an error message instead means it never started.
-        if (s === seq && errno !== 0) this.failure = `the kernel refused the dump: errno ${errno}`;
+        if (s === seq && errno !== 0) {
+          const hint = hintFor(errno);
+          this.failure = `the kernel refused the dump: ${errnoName(errno)}${
+            hint ? ` (${hint})` : ""
+          }`;
+        }
       },
       done: (s: number) => {
         if (s === seq) this.finished = true;

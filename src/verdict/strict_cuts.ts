@@ -152,7 +152,7 @@ export interface StrictReport {
 export interface StrictCutsOptions {
   nodeName: string;
   cutMark: number;
-  /** Longest stretch of work per work() call, in ms (a single dump is never split); default 5. */
+  /** Longest stretch of work per work() call, in ms; default 5 (see conntrack_kernel.ts). */
   budgetMs?: number;
   /** Monotonic milliseconds; default performance.now. */
   clock?: () => number;
@@ -182,13 +182,16 @@ interface Round {
   next: number;
   /** The dump under way and its task. */
   dump?: { reader: ConntrackDump; task: DumpTask };
-  /** Entries read and not yet judged. */
+  /** Entries read; those from `judged` on are not judged yet. */
   entries: ConntrackEntry[];
+  judged: number;
   /** This round's addresses: an unfiltered (family) dump keeps only their entries. */
   addresses: Set<string>;
   /** Entries already judged this round (a pod-to-pod entry shows up for both pods). */
   seen: Set<string>;
+  /** Mark changes decided; those from `applied` on are not made yet. */
   updates: { update: MarkUpdate; action: EntryAction }[];
+  applied: number;
   /** When the first change of this round was applied: monotonic, and wall clock for records. */
   changedAt?: number;
   changedAtWall?: number;
@@ -256,10 +259,10 @@ export class StrictCuts {
     const round = this.round;
     if (!round) return;
     while (this.clock() - start < this.budgetMs) {
-      if (round.updates.length) {
-        this.applyUpdates(round, round.updates.splice(0, UPDATES_PER_STEP));
-      } else if (round.entries.length) {
-        this.judge(round, round.entries.splice(0, ENTRIES_PER_STEP));
+      if (round.applied < round.updates.length) {
+        this.applyUpdates(round, takeStep(round, "updates", "applied", UPDATES_PER_STEP));
+      } else if (round.judged < round.entries.length) {
+        this.judge(round, takeStep(round, "entries", "judged", ENTRIES_PER_STEP));
       } else if (round.dump) {
         if (!this.pollDump(round, round.dump)) return; // nothing yet: look again next turn
       } else {
@@ -291,9 +294,11 @@ export class StrictCuts {
       tasks,
       next: 0,
       entries: [],
+      judged: 0,
       addresses: new Set(addresses),
       seen: new Set(),
       updates: [],
+      applied: 0,
     };
     if (since && !since.startUp) {
       round.changedAt = since.at;
@@ -321,7 +326,7 @@ export class StrictCuts {
       return true;
     }
     if (got.done) round.dump = undefined;
-    if (dump.task.filter) round.entries.push(...got.entries);
+    if (dump.task.filter) { for (const e of got.entries) round.entries.push(e); }
     else {
       const mine = round.addresses;
       for (const e of got.entries) {
@@ -420,6 +425,26 @@ export class StrictCuts {
   close(): void {
     this.port.close();
   }
+}
+
+/**
+ * The next `n` items of one of a round's queues, moving its cursor (a queue is emptied once
+ * consumed): no splice, which would move the rest of a large dump for every step.
+ */
+function takeStep<Q extends "updates" | "entries">(
+  round: Round,
+  queue: Q,
+  cursor: "applied" | "judged",
+  n: number,
+): Round[Q] {
+  const list = round[queue];
+  const at = round[cursor];
+  const step = list.slice(at, at + n) as Round[Q];
+  if (at + n >= list.length) {
+    round[queue] = [] as Round[Q];
+    round[cursor] = 0;
+  } else round[cursor] = at + n;
+  return step;
 }
 
 function emptyReport(): StrictReport {
