@@ -327,8 +327,12 @@ Deno.test(
           } ms`,
         );
       }
+      const line = agent.logsSince(mark).find((l) =>
+        l.includes("connection cut") && l.includes(":7001")
+      );
+      console.log(`agent: ${line}`);
       assert.match(
-        agent.logsSince(mark).find((l) => l.includes("connection cut") && l.includes(":7001"))!,
+        line!,
         /why="ingress: x\/a isolated by x\/a-only-from-y-a; no rule matched"/,
       );
 
