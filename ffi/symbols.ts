@@ -34,8 +34,9 @@ export const NFQ_SYMBOLS = {
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /**
- * libc.so.6: socket I/O on the queue's netlink socket, errno, and reading /proc (the queue's
- * kernel counters and the process metrics), which Deno's own file API only reads with --allow-all.
+ * libc.so.6: socket I/O on the queue's netlink socket and on strict mode's conntrack socket
+ * (netlink_socket.ts), errno, and reading /proc (the queue's kernel counters and the process
+ * metrics), which Deno's own file API only reads with --allow-all.
  */
 export const LIBC_SYMBOLS = {
   /** int open(const char *pathname, int flags) — pathname NUL-terminated in a JS buffer. */
@@ -51,10 +52,30 @@ export const LIBC_SYMBOLS = {
   getdents64: { parameters: ["i32", "buffer", "usize"], result: "isize" },
   /** long sysconf(int name) — clock ticks per second for /proc CPU times. */
   sysconf: { parameters: ["i32"], result: "i64" },
+  /** int socket(int domain, int type, int protocol) */
+  socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  /**
+   * int bind(int sockfd, const struct sockaddr *addr, socklen_t addrlen) — the sockaddr in a JS
+   * buffer.
+   */
+  bind: { parameters: ["i32", "buffer", "u32"], result: "i32" },
   /** ssize_t recv(int sockfd, void *buf, size_t len, int flags) — blocks up to SO_RCVTIMEO. */
   recv: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
   /** ssize_t send(int sockfd, const void *buf, size_t len, int flags) */
   send: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
+  /**
+   * send() on a thread of Deno's blocking pool, returning a promise: for strict mode's conntrack
+   * dump requests, because the kernel walks its whole conntrack hash table inside that send
+   * (about 13 ms for 262144 buckets here), which must not stall the verdict loop. The answer is
+   * then read with plain non-blocking recv() calls. errno belongs to the pool thread, so it cannot
+   * be read afterwards (the kernel's own answers, NLMSG_ERROR, still carry theirs).
+   */
+  send_off_thread: {
+    name: "send",
+    parameters: ["i32", "buffer", "usize", "i32"],
+    result: "isize",
+    nonblocking: true,
+  },
   /**
    * int setsockopt(int sockfd, int level, int optname, const void *optval, socklen_t optlen)
    */

@@ -222,6 +222,25 @@ export class AgentMetrics {
     help: "Packets held right now, waiting for their pod",
     registers: [this.registry],
   });
+  // --- strict mode (src/verdict/strict_cuts.ts), reported by the verdict Worker ---
+  readonly connectionsCut = new Counter({
+    name: "kube_netpol_connections_cut_total",
+    help: "Established connections cut because a state change denies them (strict mode), by " +
+      "the side that denies them (egress of the source pod, else ingress of the destination)",
+    labelNames: ["direction"] as const,
+    registers: [this.registry],
+  });
+  readonly connectionsUncut = new Counter({
+    name: "kube_netpol_connections_uncut_total",
+    help: "Cut connections a later state change allows again (their cut mark cleared)",
+    registers: [this.registry],
+  });
+  readonly connectionCutLatency = new Histogram({
+    name: "kube_netpol_connection_cut_latency_seconds",
+    help: "Time from a state change being applied to a connection it denies being cut",
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+    registers: [this.registry],
+  });
   /** Set by the Kubernetes source: seconds since each kind's watch last delivered a line. */
   watchAges?: () => Record<string, number>;
   readonly watchLastEventAge = new Gauge({

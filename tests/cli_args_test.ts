@@ -77,3 +77,13 @@ Deno.test("run flags: dataplane check period and watch stall timeout take Go dur
   );
   assert.throws(() => opts("--watch-stall-timeout=10ms"), /between 1s and 3600s/);
 });
+
+Deno.test("run flags: strict mode is on by default, with its own ct mark bit", () => {
+  assert.equal(opts().strictMode, true);
+  assert.equal(opts().cutMark, 0x400000);
+  assert.equal(opts("--strict-mode=false").strictMode, false);
+  assert.equal(opts("-strict-mode=false").strictMode, false);
+  assert.equal(opts("--cut-mark", "0x800000").cutMark, 0x800000);
+  assert.throws(() => opts("--cut-mark", "0"), /--cut-mark must be an integer from 1/);
+  assert.throws(() => opts("--strict-mode=sometimes"), /--strict-mode takes true or false/);
+});

@@ -61,6 +61,21 @@ Deno.test("iptables chain: marked packets are rejected first; INVALID to/from is
   ]);
 });
 
+Deno.test("iptables chain, strict mode: rule 2 refuses every packet of a cut connection", () => {
+  const strict = { ...OPEN, cutMark: 0x400000 };
+  const rules = renderIptablesChainRules(strict, 4);
+  // Right after the deny-mark rules, before INVALID and queueing; no direction match: both ways.
+  assert.deepEqual(rules.slice(3, 6), [
+    "-A KUBE-NETPOL -p tcp -m connmark --mark 0x400000/0x400000 -j REJECT --reject-with tcp-reset",
+    "-A KUBE-NETPOL -p udp -m connmark --mark 0x400000/0x400000 -j REJECT --reject-with icmp-port-unreachable",
+    "-A KUBE-NETPOL -m connmark --mark 0x400000/0x400000 -j DROP",
+  ]);
+  assert.deepEqual([...rules.slice(0, 3), ...rules.slice(6)], renderIptablesChainRules(OPEN, 4));
+  assert.match(renderIptablesChainRules(strict, 6)[4]!, /icmp6-port-unreachable$/);
+  assert.ok(!renderIptablesChainRules(OPEN, 4).some((r) => r.includes("connmark")));
+  assert.throws(() => validateRuleOptions({ ...OPEN, cutMark: 0 }), RangeError);
+});
+
 Deno.test("iptables chain: IPv6 uses icmp6 and v6 sets; fail-closed has no bypass", () => {
   const rules = renderIptablesChainRules(CLOSED, 6);
   assert.match(rules[1] ?? "", /--reject-with icmp6-port-unreachable$/);
@@ -139,6 +154,20 @@ COMMIT
   );
   assert.equal(renderIptablesUninstall(filterSection(SAVE_EMPTY)), undefined);
   assert.equal(renderIptablesUninstall(filterSection("")), undefined);
+});
+
+Deno.test("nftables table, strict mode: rule 2 refuses every packet of a cut connection", () => {
+  const plain = renderNftInstall(OPEN).split("\n");
+  const strict = renderNftInstall({ ...OPEN, cutMark: 0x400000 }).split("\n");
+  const at =
+    plain.indexOf("add rule inet kube-netpol judge meta mark & 0x100000 == 0x100000 drop") +
+    1;
+  assert.deepEqual(strict.slice(at, at + 3), [
+    "add rule inet kube-netpol judge ct mark & 0x400000 == 0x400000 meta l4proto tcp reject with tcp reset",
+    "add rule inet kube-netpol judge ct mark & 0x400000 == 0x400000 meta l4proto udp reject with icmpx type port-unreachable",
+    "add rule inet kube-netpol judge ct mark & 0x400000 == 0x400000 drop",
+  ]);
+  assert.deepEqual([...strict.slice(0, at), ...strict.slice(at + 3)], plain);
 });
 
 Deno.test("nftables table: exact ruleset, marked first, INVALID dropped, queue only unmarked new connections", () => {

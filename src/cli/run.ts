@@ -14,7 +14,7 @@ import { DEBUG_ENDPOINTS, type DebugEndpoints, startServer } from "../server.ts"
 import { applyEvent } from "../state/apply.ts";
 import type { StateEvent } from "../state/events.ts";
 import type { ClusterSource } from "../state/source.ts";
-import { DEFAULT_DENY_MARK } from "../verdict/marks.ts";
+import { DEFAULT_CUT_MARK, DEFAULT_DENY_MARK } from "../verdict/marks.ts";
 import type { VerdictLoop } from "../verdict/verdict_loop.ts";
 import type { SpawnedVerdictWorker } from "../verdict/worker_spawn.ts";
 import { DEFAULT_DENY_LOG_RATE, DenyLog } from "../verdict/deny_log.ts";
@@ -35,6 +35,8 @@ const FLAGS: FlagSpec = {
   "nfqueue-id": { type: "string", default: "100" },
   "queue-maxlen": { type: "string", default: "4096" },
   "deny-mark": { type: "string", default: `0x${DEFAULT_DENY_MARK.toString(16)}` },
+  "strict-mode": { type: "boolean", default: true },
+  "cut-mark": { type: "string", default: `0x${DEFAULT_CUT_MARK.toString(16)}` },
   "metrics-bind-address": { type: "string", default: ":9080" },
   "metrics-max-connections": { type: "string", default: "64" },
   "debug-endpoints": { type: "string", default: "loopback" },
@@ -63,6 +65,10 @@ const HELP: Record<string, string> = {
   "nfqueue-id": "netfilter queue number",
   "queue-maxlen": "kernel queue length before packets are dropped (or bypassed when fail-open)",
   "deny-mark": "packet mark bit used to reject denied connections fast",
+  "strict-mode": "cut established connections a policy, pod, namespace or node change denies " +
+    "(within about a second; allowed ones are never touched); false: only new connections see " +
+    "a change",
+  "cut-mark": "conntrack mark bit strict mode sets on the connections it cuts",
   "metrics-bind-address": "address for /metrics, /healthz, /readyz (and /debug/*, see " +
     "--debug-endpoints)",
   "metrics-max-connections": "concurrent HTTP connections from other hosts (8 per address at " +
@@ -92,6 +98,8 @@ export interface RunOptions {
   queueId: number;
   queueMaxLen: number;
   denyMark: number;
+  strictMode: boolean;
+  cutMark: number;
   metricsAddress: string;
   metricsMaxConnections: number;
   debugEndpoints: DebugEndpoints;
@@ -154,6 +162,7 @@ export function parseRunFlags(args: string[]): RunOptions | "help" {
     queueId: intFlag(values, "nfqueue-id", 0, 65535),
     queueMaxLen: intFlag(values, "queue-maxlen", 1, 1 << 20),
     denyMark: intFlag(values, "deny-mark", 1, 0xffffffff),
+    cutMark: intFlag(values, "cut-mark", 1, 0xffffffff),
     verbosity: intFlag(values, "v", 0, 10),
     denyLogRate: intFlag(values, "deny-log-rate", 1, 100000),
     metricsMaxConnections: intFlag(values, "metrics-max-connections", 1, 10000),
@@ -188,6 +197,7 @@ export function parseRunFlags(args: string[]): RunOptions | "help" {
     manifests: (values.manifests as string[] | undefined) ?? [],
     nodeName,
     failOpen: values["fail-open"] as boolean,
+    strictMode: values["strict-mode"] as boolean,
     metricsAddress: values["metrics-bind-address"] as string,
     debugEndpoints,
     logFormat,
@@ -212,6 +222,7 @@ export async function runCommand(
     node: opts.nodeName,
     source: opts.manifests.length ? `manifests ${opts.manifests.join(",")}` : "kubernetes",
     failOpen: opts.failOpen,
+    strictMode: opts.strictMode,
     queue: opts.queueId,
   });
   const stopped = new Promise<number>((resolve) => {
@@ -302,6 +313,7 @@ export class Agent {
         queueId: opts.queueId,
         failOpen: opts.failOpen,
         denyMark: opts.denyMark,
+        ...(opts.strictMode ? { cutMark: opts.cutMark } : {}),
       },
       this.engine,
       opts.nodeName,
@@ -326,6 +338,7 @@ export class Agent {
         denyLogRate: opts.denyLogRate,
         unknownPodTimeoutMs: opts.unknownPodTimeoutMs,
         podCIDRs: opts.podCIDRs,
+        ...(opts.strictMode ? { strictCutMark: opts.cutMark } : {}),
       },
       this.metrics,
       new DenyLog(log),

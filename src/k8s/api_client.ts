@@ -69,16 +69,19 @@ class TokenFile {
   constructor(readonly path: string, private readonly clock: Clock) {}
 
   async get(): Promise<string> {
-    if (this.clock.now() - this.readAt > TOKEN_MAX_AGE_MS) await this.reread();
+    if (this.clock.now() - this.readAt > TOKEN_MAX_AGE_MS) await this.reread(this.token);
     return this.token;
   }
 
-  /** Reads the file now; true when the token changed. */
-  async reread(): Promise<boolean> {
-    const before = this.token;
+  /**
+   * Reads the file now; true when it holds a token other than `refused`. (Compared with the token
+   * a request was refused with, not with the last one read: informers refused at the same time
+   * would otherwise see "no change" after the first of them re-read the file.)
+   */
+  async reread(refused: string): Promise<boolean> {
     this.token = (await Deno.readTextFile(this.path)).trim();
     this.readAt = this.clock.now();
-    return this.token !== before;
+    return this.token !== refused;
   }
 }
 
@@ -109,6 +112,7 @@ export async function createApiClient(
     ?.config?.tokenFile;
   const tokenFile = tokenPath ? new TokenFile(tokenPath, clock) : undefined;
 
+  /** One request; `token` is the service-account token it carried ("" without one). */
   const send = async (path: string, query: Record<string, string>, signal: AbortSignal) => {
     // Headers are computed per request: service-account tokens rotate and exec plugins expire.
     const opts: HttpsOptions = {};
@@ -116,21 +120,22 @@ export async function createApiClient(
     const headers = new Headers(opts.headers ?? {});
     headers.set("Accept", "application/json");
     if (opts.auth) headers.set("Authorization", `Basic ${btoa(opts.auth)}`);
-    if (tokenFile) headers.set("Authorization", `Bearer ${await tokenFile.get()}`);
+    const token = tokenFile ? await tokenFile.get() : "";
+    if (tokenFile) headers.set("Authorization", `Bearer ${token}`);
     const url = new URL(server + path);
     for (const [k, v] of Object.entries(query)) url.searchParams.set(k, v);
-    return await fetch(url, { headers, signal, client });
+    return { res: await fetch(url, { headers, signal, client }), token };
   };
 
   return {
     server,
     async get(path, query, signal) {
-      const res = await send(path, query, signal);
+      const { res, token } = await send(path, query, signal);
       if (res.status !== 401 || !tokenFile) return res;
       // Refused: the token may have rotated since we read it. Once, with the file's current one.
-      if (!(await tokenFile.reread().catch(() => false))) return res;
+      if (!(await tokenFile.reread(token).catch(() => false))) return res;
       await res.body?.cancel();
-      return await send(path, query, signal);
+      return (await send(path, query, signal)).res;
     },
     close() {
       client.close();

@@ -110,6 +110,7 @@ interface PodEntry extends CompiledPod {
 }
 
 const NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name";
+const NO_ADDRESSES: readonly string[] = Object.freeze([]);
 const NOT_JUDGED: DirectionResult = { verdict: "allow", reason: { kind: "not-judged" } };
 const NOT_A_POD: DirectionResult = { verdict: "allow", reason: { kind: "not-a-pod" } };
 
@@ -156,6 +157,8 @@ export class PolicyEngine {
   );
   /** Pods whose rule tables must be rebuilt (see prepare()). */
   private readonly stale = new Set<PodEntry>();
+  /** Addresses whose connections' verdicts may have changed; only kept once asked for. */
+  private changedAddresses: Set<string> | undefined;
 
   /** Increases on every change that can alter a verdict or the queued set. */
   get generation(): number {
@@ -173,8 +176,9 @@ export class PolicyEngine {
     const labels = toLabels(ns.metadata.labels, problems);
     // The API server always sets this label; manifests written by hand often omit it.
     labels.set(NAMESPACE_NAME_LABEL, name);
+    const old = this.namespaces.get(name);
     this.namespaces.set(name, labels);
-    this.namespaceLabelsChanged(name);
+    this.namespaceLabelsChanged(name, !old || !sameLabels(old, labels));
     return problems.map(([field, message]) => ({ object: `Namespace ${name}`, field, message }));
   }
 
@@ -183,9 +187,10 @@ export class PolicyEngine {
   }
 
   /** Peers in this namespace now look different to namespace selectors: new identities. */
-  private namespaceLabelsChanged(name: string): void {
+  private namespaceLabelsChanged(name: string, changed = true): void {
     this.namespaceVersions.set(name, (this.namespaceVersions.get(name) ?? 0) + 1);
     for (const pod of this.podsByNamespace.get(name) ?? []) {
+      if (changed) this.noteChanged(pod.ips);
       pod.identity = this.identityOf(pod);
       // Subjects select by namespace labels too.
       if (this.clusterPolicies.size || pod.tierPolicies.length) this.selectTiersFor(pod);
@@ -234,6 +239,11 @@ export class PolicyEngine {
       this.selectPoliciesFor(entry);
       this.selectTiersFor(entry);
     }
+    const old = this.pods.get(entry.key);
+    if (!old || podSignature(old) !== podSignature(entry)) {
+      this.noteChanged(entry.ips);
+      if (old) this.noteChanged(old.ips);
+    }
     this.removePod(entry.key);
     this.pods.set(entry.key, entry);
     addToIndex(this.podsByNamespace, entry.namespace, entry);
@@ -249,6 +259,7 @@ export class PolicyEngine {
   }
 
   deletePod(namespace: string, name: string): void {
+    this.noteChanged(this.pods.get(`${namespace}/${name}`)?.ips ?? []);
     if (this.removePod(`${namespace}/${name}`)) this._generation++;
   }
 
@@ -311,6 +322,7 @@ export class PolicyEngine {
       if (policy.ingress) insertSorted(pod.ingress, policy);
       if (policy.egress) insertSorted(pod.egress, policy);
       this.refresh(pod);
+      this.noteChanged(pod.ips);
     }
     this._generation++;
     return [];
@@ -330,7 +342,10 @@ export class PolicyEngine {
       if (i >= 0) pod.ingress.splice(i, 1);
       const e = pod.egress.indexOf(old);
       if (e >= 0) pod.egress.splice(e, 1);
-      if (i >= 0 || e >= 0) this.refresh(pod);
+      if (i >= 0 || e >= 0) {
+        this.refresh(pod);
+        this.noteChanged(pod.ips);
+      }
     }
     return true;
   }
@@ -555,6 +570,47 @@ export class PolicyEngine {
     this.stale.add(pod);
   }
 
+  // ---------------------------------------------------------------- for strict mode
+
+  /**
+   * Start keeping the addresses whose connections' verdicts may change (strict mode re-judges the
+   * conntrack entries of those; src/verdict/strict_cuts.ts). Off by default, so an engine nobody
+   * asks does not accumulate them.
+   */
+  trackChangedAddresses(): void {
+    this.changedAddresses ??= new Set();
+  }
+
+  /**
+   * Addresses (canonical text) such that every connection whose verdict may have changed since
+   * the last call has one of them at one end: the pods a change re-selected (policies, tiers),
+   * the pods whose labels, addresses or ports changed (they are the subject or the peer of
+   * others' rules), every pod of a namespace whose labels changed, a node's addresses (for
+   * `nodes` peers). Conservative: a listed address may have no changed verdict at all.
+   */
+  takeChangedAddresses(): readonly string[] {
+    const set = this.changedAddresses;
+    // Asked between every two packet turns: nothing changed costs no allocation.
+    if (!set?.size) return NO_ADDRESSES;
+    const out = [...set];
+    set.clear();
+    return out;
+  }
+
+  private noteChanged(ips: Iterable<string>): void {
+    const set = this.changedAddresses;
+    if (set) { for (const ip of ips) set.add(ip); }
+  }
+
+  /** Every address owned by a pod on `node` (the pods whose sides this node judges). */
+  podIPsOn(node: string): string[] {
+    const out: string[] = [];
+    for (const pod of this.podsByNode.get(node) ?? []) {
+      for (const ip of pod.ips) if (this.owner.get(ip) === pod) out.push(ip);
+    }
+    return out;
+  }
+
   /** namespace/name of the pod owning `ip`, if any. */
   podAt(ip: string): string | undefined {
     const canonical = canonicalIP(ip);
@@ -622,6 +678,7 @@ export class PolicyEngine {
         insertInTierOrder(pod.tierPolicies, policy);
         selected.add(pod);
         this.rebuildTiers(pod);
+        this.noteChanged(pod.ips);
       }
     }
     this._generation++;
@@ -643,6 +700,7 @@ export class PolicyEngine {
     for (const pod of this.clusterSubjects.get(key) ?? []) {
       pod.tierPolicies = pod.tierPolicies.filter((p) => p !== old);
       this.rebuildTiers(pod);
+      this.noteChanged(pod.ips);
     }
     this.clusterSubjects.delete(key);
     return true;
@@ -700,12 +758,20 @@ export class PolicyEngine {
   }
 
   upsertNode(node: Node): ObjectError[] {
+    const name = node?.metadata?.name;
+    const before = typeof name === "string" ? this.nodes.describe(name) : undefined;
     const errors = this.nodes.upsert(node);
+    const after = typeof name === "string" ? this.nodes.describe(name) : undefined;
+    if (before?.signature !== after?.signature) {
+      this.noteChanged(before?.ips ?? []);
+      this.noteChanged(after?.ips ?? []);
+    }
     this._generation++;
     return errors;
   }
 
   deleteNode(name: string): void {
+    this.noteChanged(this.nodes.describe(name)?.ips ?? []);
     if (this.nodes.delete(name)) this._generation++;
   }
 
@@ -721,6 +787,25 @@ export class PolicyEngine {
   tierStats(): TierStats {
     return { clusterPolicies: this.clusterPolicies.size, nodes: this.nodes.size };
   }
+}
+
+/** Everything about a pod a verdict depends on, as one string: equal means no verdict changed. */
+function podSignature(p: PodEntry): string {
+  return JSON.stringify([
+    p.identity,
+    [...p.ips].sort(),
+    p.running,
+    p.nodeName ?? "",
+    p.hostNetwork,
+    [...p.hostIPs].sort(),
+    [...p.namedPorts].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)),
+  ]);
+}
+
+function sameLabels(a: Labels, b: Labels): boolean {
+  if (a.size !== b.size) return false;
+  for (const [k, v] of a) if (b.get(k) !== v) return false;
+  return true;
 }
 
 /** Insert keeping tier order (binary search: a pod may be selected by many policies). */

@@ -77,6 +77,17 @@ export class NodeIndex {
     return true;
   }
 
+  /**
+   * A node's addresses and a signature of everything `nodes` peers match on (labels, addresses):
+   * equal signatures before and after an update mean no verdict changed.
+   */
+  describe(name: string): { ips: string[]; signature: string } | undefined {
+    const n = this.nodes.get(name);
+    if (!n) return undefined;
+    const labels = [...n.labels].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return { ips: [...n.ips], signature: JSON.stringify([labels, [...n.ips].sort()]) };
+  }
+
   /** Labels of the node owning `ip` (canonical text), if any. */
   labelsAt(ip: string): Labels | undefined {
     return this.byIP.get(ip)?.[0]?.labels;

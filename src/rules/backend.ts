@@ -11,6 +11,11 @@ export interface RuleOptions {
   failOpen: boolean;
   /** Packet mark bit(s) the verdict loop sets on denied packets (see src/verdict/marks.ts). */
   denyMark: number;
+  /**
+   * Conntrack mark bit(s) strict mode sets on connections a change denies; with it, the chain
+   * refuses every packet of such a connection (rule 2, docs/rules.md). Absent: strict mode off.
+   */
+  cutMark?: number;
 }
 
 /** Local pod IPs to queue, IPv4 and IPv6 mixed; from `engine.queuedIPs(node)`. */
@@ -72,5 +77,9 @@ export function validateRuleOptions(opts: RuleOptions): void {
   }
   if (!Number.isInteger(opts.denyMark) || opts.denyMark <= 0 || opts.denyMark > 0xffffffff) {
     throw new RangeError(`denyMark must be a non-zero 32-bit mark, got ${opts.denyMark}`);
+  }
+  const cut = opts.cutMark;
+  if (cut !== undefined && (!Number.isInteger(cut) || cut <= 0 || cut > 0xffffffff)) {
+    throw new RangeError(`cutMark must be a non-zero 32-bit mark, got ${cut}`);
   }
 }

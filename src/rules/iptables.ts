@@ -64,6 +64,7 @@ export function renderIptablesChainRules(opts: RuleOptions, family: IPFamily): s
     `${c} -p tcp -m mark --mark ${mark} -j REJECT --reject-with tcp-reset`,
     `${c} -p udp -m mark --mark ${mark} -j REJECT --reject-with ${unreachable}`,
     `${c} -m mark --mark ${mark} -j DROP`,
+    ...renderIptablesCutRules(opts, family),
     // Packets conntrack cannot place (bad flag combinations, unrelated ICMP errors) are never
     // queued: drop them where the pod is isolated, as for any other unjudged traffic.
     `${c} ${invalid} -m set --match-set ${set("ingress")} dst -j DROP`,
@@ -72,6 +73,22 @@ export function renderIptablesChainRules(opts: RuleOptions, family: IPFamily): s
     `${c} ${isNew} -m set --match-set ${set("egress")} src ${queue}`,
     // Pods that started before the agent knew them (the pod-start race).
     ...renderIptablesUnknownPodRules(opts, family, IPTABLES_CHAIN, (n) => ipsetName({ name: n })),
+  ];
+}
+
+/**
+ * Rule 2 (strict mode): every packet of a connection whose ct mark has the cut bit, whichever
+ * direction, is refused like a denied first packet. Nothing without `cutMark`.
+ */
+export function renderIptablesCutRules(opts: RuleOptions, family: IPFamily): string[] {
+  if (opts.cutMark === undefined) return [];
+  const cut = `-m connmark --mark ${hex(opts.cutMark)}/${hex(opts.cutMark)}`;
+  const unreachable = family === 4 ? "icmp-port-unreachable" : "icmp6-port-unreachable";
+  const c = `-A ${IPTABLES_CHAIN}`;
+  return [
+    `${c} -p tcp ${cut} -j REJECT --reject-with tcp-reset`,
+    `${c} -p udp ${cut} -j REJECT --reject-with ${unreachable}`,
+    `${c} ${cut} -j DROP`,
   ];
 }
 

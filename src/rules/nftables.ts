@@ -39,6 +39,22 @@ export function renderNftQueue(opts: RuleOptions): string {
 }
 
 /**
+ * Rule 2 (strict mode): every packet of a connection whose ct mark has the cut bit, whichever
+ * direction, is refused like a denied first packet. Rule bodies for the judge chain; none
+ * without `cutMark`.
+ */
+export function renderNftCutRules(opts: RuleOptions): string[] {
+  if (opts.cutMark === undefined) return [];
+  const m = hex(opts.cutMark);
+  const cut = `ct mark & ${m} == ${m}`;
+  return [
+    `${cut} meta l4proto tcp reject with tcp reset`,
+    `${cut} meta l4proto udp reject with icmpx type port-unreachable`,
+    `${cut} drop`,
+  ];
+}
+
+/**
  * One `nft -f` transaction creating or refreshing our table. `add` of an existing table/set/chain
  * is a no-op, so set members survive a re-install; our chains are flushed and refilled in the
  * same transaction, so the kernel never sees a half-built rule set.
@@ -60,6 +76,7 @@ export function renderNftInstall(opts: RuleOptions): string {
     rule(`${marked} meta l4proto tcp reject with tcp reset`),
     rule(`${marked} meta l4proto udp reject with icmpx type port-unreachable`),
     rule(`${marked} drop`),
+    ...renderNftCutRules(opts).map(rule),
   );
   const match = (s: (typeof QUEUE_SETS)[number]) =>
     `${s.family === 4 ? "ip" : "ip6"} ${s.direction === "ingress" ? "daddr" : "saddr"} @${s.name}`;

@@ -10,3 +10,15 @@
  * `--deny-mark` overrides it.
  */
 export const DEFAULT_DENY_MARK = 0x00100000;
+
+/**
+ * Conntrack mark contract of strict mode (strict_cuts.ts): a connection that a state change now
+ * denies gets CUT_MARK set in its ct mark (only these bits: the kernel keeps the others), and the
+ * backend's chain refuses every packet of such a connection, in both directions (TCP reset, ICMP
+ * port unreachable for UDP, anything else dropped). Cleared again when a change allows it.
+ *
+ * A ct mark bit, not a packet mark: it lives on the connection. Clear of the deny mark and of the
+ * verdict cache's packet mark 0x00200000 (so a CNI that copies ct marks into packet marks with
+ * CONNMARK --restore-mark cannot turn it into either); `--cut-mark` overrides it.
+ */
+export const DEFAULT_CUT_MARK = 0x00400000;

@@ -26,6 +26,7 @@ import type { SystemStats, SystemStatsSource } from "./system_stats.ts";
 import { type SpawnedVerdictWorker, spawnVerdictWorker } from "./worker_spawn.ts";
 import type { RecordSink } from "./deny_log.ts";
 import { recordHeldStats } from "./held_verdicts.ts";
+import { recordStrictReport } from "./strict_report.ts";
 
 export type { RecordSink, VerdictLoopOptions, VerdictRecord };
 
@@ -123,6 +124,10 @@ export class VerdictLoop {
     }
     if (msg.type === "system") {
       this.onSystemStats(msg.stats);
+      return;
+    }
+    if (msg.type === "strict") {
+      recordStrictReport(this.metrics, this.log, msg.report);
       return;
     }
     if (msg.type === "warning") {

@@ -9,6 +9,7 @@ import type { Decision } from "../policy/types.ts";
 import type { PacketStatsSnapshot } from "./verdict_stats.ts";
 import type { SystemStats } from "./system_stats.ts";
 import type { HeldStatsSnapshot } from "./held_verdicts.ts";
+import type { StrictReport } from "./strict_cuts.ts";
 
 export interface VerdictLoopOptions {
   queueId: number;
@@ -36,6 +37,11 @@ export interface VerdictLoopOptions {
   unknownPodTimeoutMs?: number;
   /** `--pod-cidr`: this node's pod CIDRs, instead of its Node object's (local_pods.ts). */
   podCIDRs?: string[];
+  /**
+   * Strict mode: the ct mark bit that cuts connections a state change denies (strict_cuts.ts).
+   * Absent: strict mode off.
+   */
+  strictCutMark?: number;
 }
 
 /**
@@ -124,4 +130,6 @@ export type FromWorker =
   }
   /** The worker's /proc readings (queue counters, process metrics), every few seconds. */
   | { type: "system"; stats: SystemStats }
+  /** Strict mode: connections cut and un-cut since the last one (strict_cuts.ts). */
+  | { type: "strict"; report: StrictReport }
   | { type: "closed" };

@@ -50,6 +50,7 @@ import {
   releaseVerdict,
 } from "./held_verdicts.ts";
 import type { PacketVerdict } from "./packet_judge.ts";
+import { openStrictMode, type StrictMode } from "./strict_worker.ts";
 
 const REPORT_EVERY_MS = 250;
 /** Records are latency-sensitive (deny logs): sent sooner than statistics. */
@@ -80,6 +81,8 @@ let systemStats: SystemStatsReader | undefined;
 let initialized = false;
 const engine = new PolicyEngine();
 let applied = 0;
+/** Strict mode (strict_cuts.ts): set at init when enabled and the conntrack socket opened. */
+let strict: StrictMode | undefined;
 /** Resolves the wait in catchUp() once the posted sequence number is reached. */
 let caughtUp: (() => void) | undefined;
 /** [pod-start race] This node's pod CIDRs and which addresses in them are known. */
@@ -101,6 +104,8 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
       post({ type: "fatal", message: String((err as Error)?.message ?? err) });
       return;
     }
+    // Before any state event arrives: the engine must note every change from the first one on.
+    strict = openStrictMode(engine, msg.opts, post);
     run(msg.opts).catch((err) => post({ type: "fatal", message: String(err?.message ?? err) }));
     return;
   }
@@ -115,7 +120,10 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
   applyOne(msg.event);
   applied = msg.seq;
   // End of a burst of changes: build the rule tables now, not on the next packet's path.
-  if (applied >= Atomics.load(control, SLOT_POSTED_SEQ)) engine.prepare();
+  if (applied >= Atomics.load(control, SLOT_POSTED_SEQ)) {
+    engine.prepare();
+    strict?.changed();
+  }
   Atomics.store(control, SLOT_APPLIED_SEQ, applied);
   if (caughtUp && applied >= Atomics.load(control, SLOT_POSTED_SEQ)) {
     caughtUp();
@@ -195,6 +203,8 @@ async function loop(queue: NfQueue, opts: VerdictLoopOptions): Promise<void> {
     turns.send();
     const now = performance.now();
     turns.report(now);
+    // Between turns: strict mode re-judges the connections a change touched (time-bounded).
+    strict?.turn(now);
     if (now - lastYield >= YIELD_EVERY_MS) {
       lastYield = now;
       await yieldTurn();
@@ -202,6 +212,7 @@ async function loop(queue: NfQueue, opts: VerdictLoopOptions): Promise<void> {
   }
   turns.releaseAllHeld();
   turns.flush();
+  strict?.close();
 }
 
 /**
