@@ -173,6 +173,15 @@ function metric(body: string, re: RegExp): number {
   return Number(re.exec(body)?.[1] ?? NaN);
 }
 
+/**
+ * A cut UDP flow is refused with an ICMP port unreachable, which the kernel rate-limits (per
+ * destination and globally): on a busy machine the error can be lost and the flow just falls
+ * silent. Either way it is cut; without strict mode it would keep exchanging lines.
+ */
+function assertUdpCut(error: string | undefined): void {
+  assert.ok(error === "refused" || error === "silence", `UDP flow not cut: ${error}`);
+}
+
 Deno.test(
   "strict mode: a denying change cuts live TCP and UDP flows whichever side speaks next; allowed ones live on; removing it lets the same 5-tuple back",
   labTest,
@@ -299,11 +308,11 @@ Deno.test(
       const cutUdpServer = await servers.udpSpeaks.waitFor("cut");
       assert.equal(cutTcp.error, "reset");
       assert.equal(cutTcpServer.error, "reset");
-      assert.equal(cutUdp.error, "refused");
-      assert.equal(cutUdpServer.error, "refused");
+      assertUdpCut(cutUdp.error);
+      assertUdpCut(cutUdpServer.error);
       // ... and so is the other side when it speaks in turn (after 0.5 s of silence).
       assert.equal((await clients.tcpServerFirst.waitFor("cut")).error, "reset");
-      assert.equal((await clients.udpServerFirst.waitFor("cut")).error, "refused");
+      assertUdpCut((await clients.udpServerFirst.waitFor("cut")).error);
 
       // The agent said what it cut, and when it had applied the change.
       const cuts = cutLines(agent, mark);

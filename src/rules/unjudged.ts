@@ -68,6 +68,8 @@ export class UnjudgedMonitor implements DataplaneObserver {
   private seen = 0;
   private pollTimer?: TimerHandle;
   private lastFullCheck = -Infinity;
+  /** The queue was (nearly) full at the last poll. */
+  private wasFull = false;
   private baselineAsked = false;
   private stopped = false;
 
@@ -121,7 +123,12 @@ export class UnjudgedMonitor implements DataplaneObserver {
       );
       return;
     }
-    if (!now || !this.base) return;
+    if (!now) {
+      // No fresh counters came (a very busy agent): measure again rather than guess.
+      this.o.requestCheck();
+      return;
+    }
+    if (!this.base) return;
     const estimate = hits - (now.received - this.base.received) - now.queued -
       (now.dropped - this.base.dropped);
     if (estimate <= this.seen) return;
@@ -149,11 +156,17 @@ export class UnjudgedMonitor implements DataplaneObserver {
       // Fail-closed: a full queue drops, and the kernel counts that itself.
       const nearlyFull = c !== undefined && this.o.failOpen &&
         c.queued >= Math.max(1, this.o.queueMaxLen / 2);
-      if (needBaseline || (nearlyFull && now - this.lastFullCheck >= fullCheckMs)) {
+      // The queue just drained after being (nearly) full: a check now counts the whole burst,
+      // instead of waiting for the next periodic one.
+      const drained = this.wasFull && c !== undefined && !nearlyFull;
+      if (
+        needBaseline || drained || (nearlyFull && now - this.lastFullCheck >= fullCheckMs)
+      ) {
         if (nearlyFull) this.lastFullCheck = now;
         this.baselineAsked ||= needBaseline;
         this.o.requestCheck();
       }
+      if (c !== undefined) this.wasFull = nearlyFull;
       this.poll();
     }, this.o.pollMs ?? 1000);
   }
