@@ -83,6 +83,77 @@ export function parseVerdictCounts(metrics: string): VerdictCounts {
   return out;
 }
 
+/** One sample of a /metrics body: `name{label="value",...} value`. */
+export interface MetricSample {
+  name: string;
+  labels: Record<string, string>;
+  value: number;
+}
+
+const SAMPLE_LINE = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+-?\d+)?$/;
+const LABEL_PAIR = /([a-zA-Z_]\w*)="((?:[^"\\]|\\.)*)"/g;
+
+/** The samples of a Prometheus text exposition; comments and lines that are no sample are skipped. */
+export function parseMetrics(text: string): MetricSample[] {
+  const out: MetricSample[] = [];
+  for (const line of text.split("\n")) {
+    const m = SAMPLE_LINE.exec(line.trim());
+    if (!m) continue;
+    const labels: Record<string, string> = {};
+    for (const [, k, v] of (m[2] ?? "").matchAll(LABEL_PAIR)) {
+      labels[k!] = v!.replace(/\\(.)/g, (_, c: string) => c === "n" ? "\n" : c);
+    }
+    const raw = m[3]!;
+    const value = raw === "+Inf" ? Infinity : raw === "-Inf" ? -Infinity : Number(raw);
+    out.push({ name: m[1]!, labels, value });
+  }
+  return out;
+}
+
+/** One reading of the agent's /metrics: its text, and its samples summed by name and labels. */
+export class MetricsScrape {
+  readonly samples: MetricSample[];
+  constructor(readonly text: string) {
+    this.samples = parseMetrics(text);
+  }
+
+  /**
+   * The sum of the samples named `name` (exactly: a histogram's `_count` is a name of its own)
+   * that carry every label of `labels`; 0 when none does, as a labelled counter is exported only
+   * once it has counted something.
+   */
+  value(name: string, labels: Record<string, string> = {}): number {
+    const wanted = Object.entries(labels);
+    return this.samples
+      .filter((s) => s.name === name && wanted.every(([k, v]) => s.labels[k] === v))
+      .reduce((sum, s) => sum + s.value, 0);
+  }
+}
+
+/**
+ * GET `url` with curl run inside `netns` (the driver in the root netns reaches nothing in the
+ * lab), giving up after `maxSeconds`: the HTTP status (0 without an answer) and the body.
+ */
+export async function curlGet(
+  lab: Lab,
+  netns: string,
+  url: string,
+  maxSeconds = 2,
+): Promise<{ status: number; body: string }> {
+  const r = await lab.exec(netns, [
+    "curl",
+    "-s",
+    "-m",
+    String(maxSeconds),
+    "-w",
+    "\n%{http_code}",
+    url,
+  ], { timeoutMs: (maxSeconds + 3) * 1000 });
+  const cut = r.stdout.lastIndexOf("\n");
+  const status = Number(r.stdout.slice(cut + 1)) || 0;
+  return { status, body: r.stdout.slice(0, Math.max(cut, 0)) };
+}
+
 /** Which netns an agent named `nodeName` runs in. */
 function agentNetns(lab: Lab, nodeName: string): string {
   const node = lab.nodes.find((n) => n.name === nodeName);
@@ -197,24 +268,25 @@ export class LabAgent {
     return parseVerdictCounts(r.body);
   }
 
+  /** One reading of /metrics (throws with the agent's log unless it answers 200). */
+  async scrape(): Promise<MetricsScrape> {
+    const r = await this.get("/metrics");
+    if (r.status !== 200) throw this.fail(`/metrics answered ${r.status}`);
+    return new MetricsScrape(r.body);
+  }
+
+  /** The sum of the /metrics samples named `name` with `labels` (see MetricsScrape.value). */
+  async metric(name: string, labels?: Record<string, string>): Promise<number> {
+    return (await this.scrape()).value(name, labels);
+  }
+
   get running(): boolean {
     return this.exited === undefined;
   }
 
   /** GET a path on the agent's HTTP server (from inside the node netns). */
-  async get(path: string): Promise<{ status: number; body: string }> {
-    const r = await this.lab.exec(this.netns, [
-      "curl",
-      "-s",
-      "-m",
-      "2",
-      "-w",
-      "\n%{http_code}",
-      `http://127.0.0.1:${this.port}${path}`,
-    ], { timeoutMs: 5_000 });
-    const cut = r.stdout.lastIndexOf("\n");
-    const status = Number(r.stdout.slice(cut + 1)) || 0;
-    return { status, body: r.stdout.slice(0, Math.max(cut, 0)) };
+  get(path: string): Promise<{ status: number; body: string }> {
+    return curlGet(this.lab, this.netns, `http://127.0.0.1:${this.port}${path}`);
   }
 
   private fail(msg: string): Error {

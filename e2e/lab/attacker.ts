@@ -4,6 +4,7 @@
  * the destination pod's netns (an iptables rule with no target, read back), which sees a packet
  * even when nothing listens for it.
  */
+import { pollUntil } from "./harness.ts";
 import type { Lab, LabPod } from "./topology.ts";
 
 const CRAFT = new URL("./craft_packets.py", import.meta.url).pathname;
@@ -58,5 +59,10 @@ export class ArrivalCounter {
       throw new Error(`no arrival counter in ${this.at.netns}: ${r.stderr}`);
     }
     return Number(line.trim().split(/\s+/)[0]);
+  }
+
+  /** Reads until at least `atLeast` packets are counted, for at most `timeoutMs`; the last count. */
+  waitCount(atLeast: number, timeoutMs = 5_000): Promise<number> {
+    return pollUntil(() => this.count(), (n) => n >= atLeast, timeoutMs, 50);
   }
 }

@@ -9,7 +9,8 @@
  *   deno test --frozen -A e2e/lab/containment_test.ts
  */
 import assert from "node:assert/strict";
-import { cleanupStaleLabs, createLab } from "./topology.ts";
+import { defaultPlan } from "./cluster.ts";
+import { type LabSetup, labTest, withLab } from "./harness.ts";
 import { agentDenoFlags } from "../../src/cli/permissions.ts";
 import { runPermissionsHere } from "../../src/cli/run_permissions.ts";
 
@@ -17,77 +18,75 @@ const PREFIX = "knpcont";
 const PROBE = new URL("./containment_probe.ts", import.meta.url).pathname;
 const REPO_ROOT = new URL("../../", import.meta.url).pathname;
 
-Deno.test({
-  name: "lab: the agent's main thread holds no FFI, the verdict Worker does",
-  ignore: Deno.uid() !== 0,
-  sanitizeResources: false,
-  sanitizeOps: false,
-}, async () => {
-  await cleanupStaleLabs(PREFIX);
-  const lab = await createLab({ prefix: PREFIX, pods: [] });
-  const manifests = await Deno.makeTempDir({ prefix: "knpcont-manifests-" });
-  try {
-    // The list `deno task agent --manifests DIR` and the lab's agent run with.
-    const flags = agentDenoFlags(runPermissionsHere({
-      manifests: [manifests],
-      metricsAddress: "127.0.0.1:9080",
-    }, REPO_ROOT));
-    const child = lab.spawn(lab.nodeNetns, [
-      Deno.execPath(),
-      "run",
-      "--frozen",
-      ...flags,
-      PROBE,
-      "4343",
-    ], { stdout: "piped", stderr: "piped", cwd: REPO_ROOT });
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const out = await Promise.race([
-      child.output(),
-      new Promise<never>((_, reject) =>
-        timer = setTimeout(() => reject(new Error("probe did not finish in 30 s")), 30_000)
-      ),
-    ]).finally(() => clearTimeout(timer));
-    const stdout = new TextDecoder().decode(out.stdout);
-    const stderr = new TextDecoder().decode(out.stderr);
-    assert.equal(out.code, 0, `probe failed:\n${stdout}\n${stderr}`);
-    const r = JSON.parse(stdout.trim().split("\n").pop()!);
+/** A node netns alone (no pods) and a manifest directory for the permission list. */
+const SETUP: LabSetup = { prefix: PREFIX, plan: { ...defaultPlan(), pods: [] }, servers: false };
 
-    // Control: the list grants FFI to the process, and getpid() resolved through the
-    // libnetfilter_queue handle is libc's: FFI scoped to "safe" libraries reaches libc anyway.
-    assert.equal(r.before.libc.pid, r.pid);
-    assert.equal(r.before.nfq.pid, r.pid, "a libnetfilter_queue handle resolves libc symbols");
+Deno.test(
+  "lab: the agent's main thread holds no FFI, the verdict Worker does",
+  labTest,
+  () =>
+    withLab(SETUP, async ({ lab, dir }) => {
+      // The list `deno task agent --manifests DIR` and the lab's agent run with.
+      const flags = agentDenoFlags(runPermissionsHere({
+        manifests: [dir.path],
+        metricsAddress: "127.0.0.1:9080",
+      }, REPO_ROOT));
+      const child = lab.spawn(lab.nodeNetns, [
+        Deno.execPath(),
+        "run",
+        "--frozen",
+        ...flags,
+        PROBE,
+        "4343",
+      ], { stdout: "piped", stderr: "piped", cwd: REPO_ROOT });
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const out = await Promise.race([
+        child.output(),
+        new Promise<never>((_, reject) =>
+          timer = setTimeout(() => reject(new Error("probe did not finish in 30 s")), 30_000)
+        ),
+      ]).finally(() => clearTimeout(timer));
+      const stdout = new TextDecoder().decode(out.stdout);
+      const stderr = new TextDecoder().decode(out.stderr);
+      assert.equal(out.code, 0, `probe failed:\n${stdout}\n${stderr}`);
+      const r = JSON.parse(stdout.trim().split("\n").pop()!);
 
-    assert.deepEqual(r.after, {
-      dlopenLibcSoname: "NotCapable",
-      dlopenLibcPath: "NotCapable",
-      dlopenNfqPath: "NotCapable",
-      requestFfi: "denied",
-      dlopenAfterRequest: "NotCapable",
-      writeTmp: "NotCapable",
-      runShell: "NotCapable",
-      runBinSh: "NotCapable",
-      readShadow: "NotCapable",
-      readProc: "NotCapable",
-      connectElsewhere: "NotCapable",
-      runRuleTool: "ok",
-      readOwnSource: "ok",
-      workerWithFfi: "NotCapable",
-    });
+      // Control: the list grants FFI to the process, and getpid() resolved through the
+      // libnetfilter_queue handle is libc's: FFI scoped to "safe" libraries reaches libc anyway.
+      assert.equal(r.before.libc.pid, r.pid);
+      assert.equal(r.before.nfq.pid, r.pid, "a libnetfilter_queue handle resolves libc symbols");
 
-    // The Worker kept FFI: it bound the queue and read /proc (process metrics, queue counters).
-    const w = r.workerReadings;
-    assert.ok(w.process_resident_memory_bytes > 1 << 20, `RSS ${w.process_resident_memory_bytes}`);
-    assert.ok(w.process_cpu_seconds_total > 0, `CPU ${w.process_cpu_seconds_total}`);
-    assert.ok(w.process_open_fds > 0, `open fds ${w.process_open_fds}`);
-    assert.ok(w.process_max_fds >= w.process_open_fds, `max fds ${w.process_max_fds}`);
-    const now = Date.now() / 1000;
-    assert.ok(
-      Math.abs(w.process_start_time_seconds - now) < 120,
-      `start time ${w.process_start_time_seconds} vs now ${now}`,
-    );
-    assert.ok(w.nfqueue_packet_id >= 0, "the queue's kernel counters, read by the Worker");
-  } finally {
-    await lab.destroy();
-    await Deno.remove(manifests, { recursive: true }).catch(() => {});
-  }
-});
+      assert.deepEqual(r.after, {
+        dlopenLibcSoname: "NotCapable",
+        dlopenLibcPath: "NotCapable",
+        dlopenNfqPath: "NotCapable",
+        requestFfi: "denied",
+        dlopenAfterRequest: "NotCapable",
+        writeTmp: "NotCapable",
+        runShell: "NotCapable",
+        runBinSh: "NotCapable",
+        readShadow: "NotCapable",
+        readProc: "NotCapable",
+        connectElsewhere: "NotCapable",
+        runRuleTool: "ok",
+        readOwnSource: "ok",
+        workerWithFfi: "NotCapable",
+      });
+
+      // The Worker kept FFI: it bound the queue and read /proc (process metrics, queue counters).
+      const w = r.workerReadings;
+      assert.ok(
+        w.process_resident_memory_bytes > 1 << 20,
+        `RSS ${w.process_resident_memory_bytes}`,
+      );
+      assert.ok(w.process_cpu_seconds_total > 0, `CPU ${w.process_cpu_seconds_total}`);
+      assert.ok(w.process_open_fds > 0, `open fds ${w.process_open_fds}`);
+      assert.ok(w.process_max_fds >= w.process_open_fds, `max fds ${w.process_max_fds}`);
+      const now = Date.now() / 1000;
+      assert.ok(
+        Math.abs(w.process_start_time_seconds - now) < 120,
+        `start time ${w.process_start_time_seconds} vs now ${now}`,
+      );
+      assert.ok(w.nfqueue_packet_id >= 0, "the queue's kernel counters, read by the Worker");
+    }),
+);

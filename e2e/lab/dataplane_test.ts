@@ -13,18 +13,16 @@
  *   deno test --frozen -A e2e/lab/dataplane_test.ts
  */
 import assert from "node:assert/strict";
-import { LabAgent, ManifestDir } from "./agent.ts";
-import { clusterObjects, defaultPlan, networkPolicy as policy } from "./cluster.ts";
+import { LabAgent } from "./agent.ts";
+import { defaultPlan, networkPolicy as policy } from "./cluster.ts";
+import { eventually, type LabSetup, labTest, withLab, withLabAgent } from "./harness.ts";
 import { assertMatrix } from "./matrix.ts";
 import { probeMatrix } from "./probe.ts";
-import { startServers } from "./servers.ts";
-import { cleanupStaleLabs, createLab, type Lab } from "./topology.ts";
+import type { Lab } from "./topology.ts";
 import { agentDenoFlags } from "../../src/cli/permissions.ts";
 import { runPermissionsHere } from "../../src/cli/run_permissions.ts";
 
 const PREFIX = "knpdp";
-const isRoot = Deno.uid() === 0;
-const labTest = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
 const MAIN_TS = new URL("../../main.ts", import.meta.url).pathname;
 const ROOT = new URL("../../", import.meta.url).pathname;
 
@@ -46,72 +44,23 @@ async function inNode(lab: Lab, ...cmd: string[]): Promise<string> {
   return r.stdout;
 }
 
-async function metricsText(agent: LabAgent): Promise<string> {
-  const { status, body } = await agent.get("/metrics");
-  assert.equal(status, 200);
-  return body;
+/** Repairs counted so far, every reason. */
+function repairs(agent: LabAgent): Promise<number> {
+  return agent.metric("kube_netpol_dataplane_repairs_total");
 }
 
-/** The value of one sample (`name{labels}` exactly as exported), 0 when absent. */
-function sample(text: string, series: string): number {
-  const line = text.split("\n").find((l) => l.startsWith(`${series} `));
-  return line ? Number(line.slice(series.length + 1)) : 0;
+/** Until the agent's check finds the dataplane intact again (after a repair, within 5 s). */
+function untilIntact(agent: LabAgent): Promise<number> {
+  return eventually(
+    "dataplane intact",
+    () => agent.metric("kube_netpol_dataplane_intact"),
+    (v) => v === 1,
+    5000,
+  );
 }
 
-async function repairs(agent: LabAgent): Promise<number> {
-  const text = await metricsText(agent);
-  return text.split("\n").filter((l) => l.startsWith("kube_netpol_dataplane_repairs_total{"))
-    .reduce((sum, l) => sum + Number(l.split(" ")[1]), 0);
-}
-
-/** Poll until `cond` holds; bounded by `timeoutMs`. */
-async function eventually<T>(
-  what: string,
-  fn: () => Promise<T>,
-  cond: (v: T) => boolean,
-  timeoutMs: number,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (cond(v)) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms: ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-async function withAgent(
-  opts: { extraArgs: string[]; prepare?: (lab: Lab) => Promise<void> },
-  fn: (lab: Lab, agent: LabAgent) => Promise<void>,
-): Promise<void> {
-  await cleanupStaleLabs(PREFIX);
-  const plan = defaultPlan();
-  const lab = await createLab({ prefix: PREFIX, pods: plan.pods });
-  const dir = await ManifestDir.create();
-  try {
-    await startServers(lab);
-    await dir.writeModel(clusterObjects(plan, lab));
-    await dir.writePolicies([DENY_X]);
-    await opts.prepare?.(lab);
-    const agent = await LabAgent.start(lab, {
-      nodeName: plan.nodeName,
-      manifestsDir: dir.path,
-      extraArgs: opts.extraArgs,
-    });
-    try {
-      await agent.waitEnforced(["x/deny-ingress"]);
-      await fn(lab, agent);
-    } catch (e) {
-      console.error(`--- agent log (tail) ---\n${agent.logs()}`);
-      throw e;
-    } finally {
-      await agent.kill("SIGTERM");
-    }
-  } finally {
-    await dir.remove();
-    await lab.destroy();
-  }
-}
+/** The 3x3 lab with servers, DENY_X in force. */
+const SETUP = { prefix: PREFIX, policies: [DENY_X] };
 
 for (const flavour of ["nft", "legacy"] as const) {
   const ipt = `iptables-${flavour}`;
@@ -121,15 +70,17 @@ for (const flavour of ["nft", "legacy"] as const) {
     }: each repaired`,
     labTest,
     async (t) => {
-      await withAgent(
+      await withLabAgent(
         {
-          extraArgs: [`--dataplane-check-interval=${CHECK_S}s`],
+          ...SETUP,
+          agent: { extraArgs: [`--dataplane-check-interval=${CHECK_S}s`] },
           // A rule of the node's own in iptables-legacy makes the agent follow that flavour.
-          prepare: flavour === "legacy"
-            ? (lab) => inNode(lab, ipt, "-A", "OUTPUT", "-o", "lo", "-j", "ACCEPT").then(() => {})
+          beforeAgent: flavour === "legacy"
+            ? ({ lab }) =>
+              inNode(lab, ipt, "-A", "OUTPUT", "-o", "lo", "-j", "ACCEPT").then(() => {})
             : undefined,
         },
-        async (lab, agent) => {
+        async ({ lab, agent }) => {
           assert.match(agent.logs(), new RegExp(`rule backend chosen backend=${ipt}`));
           assertMatrix("before", await probeMatrix(lab, PAIRS, "TCP", 80), enforced);
           // A first repair aligns us with the agent's check timer: each step then breaks something
@@ -141,12 +92,7 @@ for (const flavour of ["nft", "legacy"] as const) {
             (n) => n === 1,
             CHECK_S * 1000 + 5000,
           );
-          await eventually(
-            "dataplane intact",
-            () => metricsText(agent),
-            (m) => sample(m, "kube_netpol_dataplane_intact") === 1,
-            5000,
-          );
+          await untilIntact(agent);
           const breakages: Array<{ name: string; reason: string; cmd: string[] }> = [
             {
               name: "iptables -F KUBE-NETPOL",
@@ -188,23 +134,18 @@ for (const flavour of ["nft", "legacy"] as const) {
                 CHECK_S * 1000 + 5000,
               );
               // Counted when found; intact again once re-installed, re-synced and checked.
-              await eventually(
-                "dataplane intact",
-                () => metricsText(agent),
-                (m) => sample(m, "kube_netpol_dataplane_intact") === 1,
-                5000,
-              );
+              await untilIntact(agent);
               assertMatrix(
                 `${b.name}: repaired`,
                 await probeMatrix(lab, PAIRS, "TCP", 80),
                 enforced,
               );
-              const text = await metricsText(agent);
+              const m = await agent.scrape();
               assert.ok(
-                sample(text, `kube_netpol_dataplane_repairs_total{reason="${b.reason}"}`) >= 1,
+                m.value("kube_netpol_dataplane_repairs_total", { reason: b.reason }) >= 1,
                 b.reason,
               );
-              assert.equal(sample(text, "kube_netpol_dataplane_intact"), 1);
+              assert.equal(m.value("kube_netpol_dataplane_intact"), 1);
               assert.equal((await agent.get("/readyz")).status, 200);
             });
           }
@@ -245,12 +186,11 @@ Deno.test(
   "lab: a SYN flood overflowing a small queue (fail-open) is counted and warned about",
   labTest,
   async () => {
-    await withAgent(
-      { extraArgs: ["--queue-maxlen=8", "--deny-log-rate=1"] },
-      async (lab, agent) => {
+    await withLabAgent(
+      { ...SETUP, agent: { extraArgs: ["--queue-maxlen=8", "--deny-log-rate=1"] } },
+      async ({ lab, agent }) => {
         const to = lab.pod("x/a");
-        const text0 = await metricsText(agent);
-        assert.equal(sample(text0, "kube_netpol_unjudged_packets_total"), 0);
+        assert.equal(await agent.metric("kube_netpol_unjudged_packets_total"), 0);
         const started = Date.now();
         // Two pods flood at once (2 cores here): the agent cannot keep a queue of 8 from filling.
         const floods = await Promise.all(["y/a", "z/a"].map((key) => {
@@ -263,15 +203,15 @@ Deno.test(
         for (const f of floods) assert.equal(f.code, 0, f.stderr);
         const sent = floods.reduce((n, f) => n + Number(f.stdout.trim()), 0);
         // Counted and warned within 10 s of the flood's start.
-        const text = await eventually(
+        const m = await eventually(
           "unjudged packets counted",
-          () => metricsText(agent),
-          (m) => sample(m, "kube_netpol_unjudged_packets_total") > 0,
+          () => agent.scrape(),
+          (m) => m.value("kube_netpol_unjudged_packets_total") > 0,
           Math.max(0, 10_000 - (Date.now() - started)),
         ).catch(async (e) => {
           // Say what really happened: queued by the rules vs judged by the agent.
           const rules = await inNode(lab, "iptables-nft-save", "-c", "-t", "filter");
-          const judged = (await metricsText(agent)).split("\n")
+          const judged = (await agent.scrape()).text.split("\n")
             .filter((l) => l.startsWith("packet_count{")).join("; ");
           throw new Error(`${e.message}\nrules:\n${rules}\njudged: ${judged}`);
         });
@@ -281,8 +221,8 @@ Deno.test(
           (l) => /packets let through without a verdict/.test(l),
           Math.max(0, 10_000 - (Date.now() - started)),
         );
-        const unjudged = sample(text, "kube_netpol_unjudged_packets_total");
-        const dropped = sample(text, 'nfqueue_queue_dropped{queue="100"}');
+        const unjudged = m.value("kube_netpol_unjudged_packets_total");
+        const dropped = m.value("nfqueue_queue_dropped", { queue: "100" });
         console.log(
           `  ${sent} SYNs sent; unjudged ${unjudged}, kernel queue_dropped ${dropped}, ` +
             `reported after ${Date.now() - started} ms`,
@@ -317,15 +257,15 @@ Deno.test(
   "lab: uninstall removes the filter tables it created, across a restart, and only those",
   labTest,
   async (t) => {
-    await cleanupStaleLabs(PREFIX);
     const plan = defaultPlan();
-    const lab = await createLab({ prefix: PREFIX, pods: plan.pods.slice(0, 2) });
-    const dir = await ManifestDir.create();
-    const start = (failOpen: boolean) =>
-      LabAgent.start(lab, { nodeName: plan.nodeName, manifestsDir: dir.path, failOpen });
-    try {
-      await dir.writeModel(clusterObjects({ ...plan, pods: plan.pods.slice(0, 2) }, lab));
-      await dir.writePolicies([DENY_X]);
+    const setup: LabSetup = {
+      ...SETUP,
+      plan: { ...plan, pods: plan.pods.slice(0, 2) },
+      servers: false,
+    };
+    await withLab(setup, async ({ lab, dir }) => {
+      const start = (failOpen: boolean) =>
+        LabAgent.start(lab, { nodeName: plan.nodeName, manifestsDir: dir.path, failOpen });
       await t.step("fresh netns: created, kept over a crash, removed at uninstall", async () => {
         assert.deepEqual(await nftTables(lab), [], "a fresh netns has no tables");
         let agent = await start(true);
@@ -359,9 +299,6 @@ Deno.test(
         await runCleanup(lab);
         assert.deepEqual(await nftTables(lab), ["table ip filter"]);
       });
-    } finally {
-      await dir.remove();
-      await lab.destroy();
-    }
+    });
   },
 );

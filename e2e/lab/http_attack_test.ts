@@ -12,16 +12,14 @@
  *   deno test --frozen -A e2e/lab/http_attack_test.ts
  */
 import assert from "node:assert/strict";
-import { LabAgent, ManifestDir } from "./agent.ts";
-import { clusterObjects, defaultPlan, networkPolicy as policy } from "./cluster.ts";
+import { curlGet, MetricsScrape } from "./agent.ts";
+import { networkPolicy as policy } from "./cluster.ts";
+import { labTest, pollUntil, withLabAgent } from "./harness.ts";
 import { assertMatrix } from "./matrix.ts";
 import { probeMatrix, type ProbePair } from "./probe.ts";
-import { startServers } from "./servers.ts";
-import { cleanupStaleLabs, createLab, type Lab } from "./topology.ts";
+import type { Lab } from "./topology.ts";
 
 const PREFIX = "knphttp";
-const isRoot = Deno.uid() === 0;
-const labTest = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
 
 const ATTACKER = new URL("./http_attacker.ts", import.meta.url).pathname;
 const PORT = 9080;
@@ -35,30 +33,12 @@ interface AttackReport {
 }
 
 /** GET from inside a pod's netns, to the node's address: what any pod can do. */
-async function getFromPod(
+function getFromPod(
   lab: Lab,
   pod: string,
   path: string,
 ): Promise<{ status: number; body: string }> {
-  const r = await lab.exec(lab.pod(pod).netns, [
-    "curl",
-    "-s",
-    "-m",
-    "3",
-    "-w",
-    "\n%{http_code}",
-    `http://${lab.nodeIP}:${PORT}${path}`,
-  ], { timeoutMs: 6_000 });
-  const cut = r.stdout.lastIndexOf("\n");
-  return {
-    status: Number(r.stdout.slice(cut + 1)) || 0,
-    body: r.stdout.slice(0, Math.max(cut, 0)),
-  };
-}
-
-function metricValue(text: string, series: string): number {
-  const line = text.split("\n").find((l) => l.startsWith(`${series} `));
-  return line ? Number(line.slice(series.length + 1)) : 0;
+  return curlGet(lab, lab.pod(pod).netns, `http://${lab.nodeIP}:${PORT}${path}`, 3);
 }
 
 /** The first line of a child's stdout, as JSON; bounded in time. */
@@ -116,137 +96,107 @@ function startAttack(lab: Lab, pod: string, count: number, reconnect = false): A
 
 /** GET on the node's own address from the node netns: the path kubelet probes take. */
 async function getViaNodeIP(lab: Lab, path: string): Promise<number> {
-  const r = await lab.exec(lab.nodeNetns, [
-    "curl",
-    "-s",
-    "-o",
-    "/dev/null",
-    "-m",
-    "3",
-    "-w",
-    "%{http_code}",
-    `http://${lab.nodeIP}:${PORT}${path}`,
-  ], { timeoutMs: 6_000 });
-  return Number(r.stdout) || 0;
+  return (await curlGet(lab, lab.nodeNetns, `http://${lab.nodeIP}:${PORT}${path}`, 3)).status;
 }
 
 Deno.test(
   "lab: pods flooding the agent's HTTP port neither stop it, nor open policy, nor read /debug",
   labTest,
   async (t) => {
-    await cleanupStaleLabs(PREFIX);
-    const plan = defaultPlan();
-    const lab = await createLab({ prefix: PREFIX, pods: plan.pods });
-    const dir = await ManifestDir.create();
-    try {
-      await startServers(lab, { ports: [80] });
-      const denyX = policy("x", "deny-ingress", { podSelector: {}, policyTypes: ["Ingress"] });
-      await dir.writeModel(clusterObjects(plan, lab));
-      await dir.writePolicies([denyX]);
-      const agent = await LabAgent.start(lab, {
-        nodeName: plan.nodeName,
-        manifestsDir: dir.path,
-        metricsPort: PORT,
-        metricsBindAll: true,
-        maxOpenFiles: 1024,
-      });
+    const denyX = policy("x", "deny-ingress", { podSelector: {}, policyTypes: ["Ingress"] });
+    const setup = {
+      prefix: PREFIX,
+      servers: [80],
+      policies: [denyX],
+      agent: { metricsPort: PORT, metricsBindAll: true, maxOpenFiles: 1024 },
+    };
+    await withLabAgent(setup, async ({ lab, agent }) => {
       // y/a -> x/a is denied by policy; y/a -> z/a is allowed (the control).
       const pairs: ProbePair[] = [{ from: "y/a", to: "x/a" }, { from: "y/a", to: "z/a" }];
       const expect = (_f: string, to: string) => to.startsWith("x/") ? "deny" : "allow";
-      const metric = async (series: string) =>
-        metricValue((await agent.get("/metrics")).body, series);
-      try {
-        await agent.waitEnforced(["x/deny-ingress"]);
-        assertMatrix("before the attack", await probeMatrix(lab, pairs, "TCP", 80), expect);
-        // Before any attack a pod can scrape /metrics but not read /debug.
-        assert.equal((await getFromPod(lab, "y/b", "/metrics")).status, 200);
-        assert.equal((await getFromPod(lab, "y/b", "/debug/policies")).status, 403);
+      assertMatrix("before the attack", await probeMatrix(lab, pairs, "TCP", 80), expect);
+      // Before any attack a pod can scrape /metrics but not read /debug.
+      assert.equal((await getFromPod(lab, "y/b", "/metrics")).status, 200);
+      assert.equal((await getFromPod(lab, "y/b", "/debug/policies")).status, 403);
 
-        await t.step("one pod holds 3,000 half-sent requests", async () => {
-          const attack = startAttack(lab, "z/c", CONNECTIONS);
+      await t.step("one pod holds 3,000 half-sent requests", async () => {
+        const attack = startAttack(lab, "z/c", CONNECTIONS);
+        try {
+          const report = await attack.holding;
+          console.error(`attacker: ${JSON.stringify(report)}`);
+          assert.ok(report.connected > 0, "the attacker never reached the agent's port");
+
+          // While the attacker holds what it got:
+          const running = agent.running;
+          const matrix = await probeMatrix(lab, pairs, "TCP", 80);
+          assert.ok(running && agent.running, "the agent exited under the attack");
+          assertMatrix("during the attack", matrix, expect);
+
+          const health = await agent.get("/healthz");
+          assert.equal(health.status, 200, `/healthz: ${health.status} ${health.body}`);
+          const { status, body } = await agent.get("/metrics");
+          assert.equal(status, 200, "/metrics on the node");
+          const metrics = new MetricsScrape(body);
+          assert.ok(
+            metrics.value("kube_netpol_http_connections_rejected_total", {
+              reason: "peer_limit",
+            }) > 0,
+            "no connection of the flood was refused at the cap",
+          );
+          assert.ok(
+            metrics.value("kube_netpol_http_open_connections") <= 64 + 16,
+            "more connections open than the caps allow",
+          );
+
+          // Another pod (Prometheus, say) still scrapes; no pod reads /debug; the node does.
+          assert.equal((await getFromPod(lab, "y/b", "/metrics")).status, 200);
+          const debugFromPod = await getFromPod(lab, "y/b", "/debug/policies");
+          assert.equal(debugFromPod.status, 403);
+          assert.ok(!debugFromPod.body.includes("deny-ingress"), "policy names leaked to a pod");
+          assert.deepEqual((await agent.debugPolicies()).policies, ["x/deny-ingress"]);
+
+          // The held connections are cut at the header timeout (5 s), not kept forever.
+          const timeouts = await pollUntil(
+            // A scrape that fails under the attack reads as none yet, and the poll goes on.
+            () => agent.metric("kube_netpol_http_header_timeouts_total").catch(() => 0),
+            (n) => n > 0,
+            20_000,
+            500,
+          );
+          assert.ok(timeouts > 0, "held connections were never timed out");
+        } finally {
+          await attack.stop();
+        }
+      });
+
+      await t.step(
+        "every pod at once, coming back when cut: the node's probes still pass",
+        async () => {
+          // 9 pods x 8 connections each (the per-address cap) > the 64 for other hosts.
+          const attacks = lab.pods.map((p) =>
+            startAttack(lab, `${p.namespace}/${p.name}`, 16, true)
+          );
           try {
-            const report = await attack.holding;
-            console.error(`attacker: ${JSON.stringify(report)}`);
-            assert.ok(report.connected > 0, "the attacker never reached the agent's port");
-
-            // While the attacker holds what it got:
-            const running = agent.running;
-            const matrix = await probeMatrix(lab, pairs, "TCP", 80);
-            assert.ok(running && agent.running, "the agent exited under the attack");
-            assertMatrix("during the attack", matrix, expect);
-
-            const health = await agent.get("/healthz");
-            assert.equal(health.status, 200, `/healthz: ${health.status} ${health.body}`);
-            const metrics = await agent.get("/metrics");
-            assert.equal(metrics.status, 200, "/metrics on the node");
+            const reports = await Promise.all(attacks.map((a) => a.holding));
+            assert.ok(reports.every((r) => r.connected > 0), JSON.stringify(reports));
+            assert.ok(agent.running, "the agent exited under the attack");
             assert.ok(
-              metricValue(
-                metrics.body,
-                'kube_netpol_http_connections_rejected_total{reason="peer_limit"}',
-              ) > 0,
-              "no connection of the flood was refused at the cap",
+              await agent.metric("kube_netpol_http_connections_rejected_total", {
+                reason: "limit",
+              }) > 0,
+              "the pods never filled the cap",
             );
-            assert.ok(
-              metricValue(metrics.body, "kube_netpol_http_open_connections") <= 64 + 16,
-              "more connections open than the caps allow",
-            );
-
-            // Another pod (Prometheus, say) still scrapes; no pod reads /debug; the node does.
-            assert.equal((await getFromPod(lab, "y/b", "/metrics")).status, 200);
-            const debugFromPod = await getFromPod(lab, "y/b", "/debug/policies");
-            assert.equal(debugFromPod.status, 403);
-            assert.ok(!debugFromPod.body.includes("deny-ingress"), "policy names leaked to a pod");
-            assert.deepEqual((await agent.debugPolicies()).policies, ["x/deny-ingress"]);
-
-            // The held connections are cut at the header timeout (5 s), not kept forever.
-            const deadline = Date.now() + 20_000;
-            let timeouts = 0;
-            while (Date.now() < deadline) {
-              timeouts = await metric("kube_netpol_http_header_timeouts_total");
-              if (timeouts > 0) break;
-              await new Promise((r) => setTimeout(r, 500));
+            // kubelet probes the node's address from the node: the node's own slots answer.
+            for (let i = 0; i < 5; i++) {
+              assert.equal(await getViaNodeIP(lab, "/healthz"), 200);
+              assert.equal(await getViaNodeIP(lab, "/readyz"), 200);
             }
-            assert.ok(timeouts > 0, "held connections were never timed out");
+            assertMatrix("during the attack", await probeMatrix(lab, pairs, "TCP", 80), expect);
           } finally {
-            await attack.stop();
+            await Promise.all(attacks.map((a) => a.stop()));
           }
-        });
-
-        await t.step(
-          "every pod at once, coming back when cut: the node's probes still pass",
-          async () => {
-            // 9 pods x 8 connections each (the per-address cap) > the 64 for other hosts.
-            const attacks = lab.pods.map((p) =>
-              startAttack(lab, `${p.namespace}/${p.name}`, 16, true)
-            );
-            try {
-              const reports = await Promise.all(attacks.map((a) => a.holding));
-              assert.ok(reports.every((r) => r.connected > 0), JSON.stringify(reports));
-              assert.ok(agent.running, "the agent exited under the attack");
-              assert.ok(
-                await metric('kube_netpol_http_connections_rejected_total{reason="limit"}') > 0,
-                "the pods never filled the cap",
-              );
-              // kubelet probes the node's address from the node: the node's own slots answer.
-              for (let i = 0; i < 5; i++) {
-                assert.equal(await getViaNodeIP(lab, "/healthz"), 200);
-                assert.equal(await getViaNodeIP(lab, "/readyz"), 200);
-              }
-              assertMatrix("during the attack", await probeMatrix(lab, pairs, "TCP", 80), expect);
-            } finally {
-              await Promise.all(attacks.map((a) => a.stop()));
-            }
-          },
-        );
-      } catch (e) {
-        console.error(`--- agent log (tail) ---\n${agent.logs()}`);
-        throw e;
-      } finally {
-        await agent.kill("SIGTERM");
-      }
-    } finally {
-      await dir.remove();
-      await lab.destroy();
-    }
+        },
+      );
+    });
   },
 );

@@ -12,23 +12,13 @@
  *   deno test --frozen -A e2e/lab/invalid_packets_test.ts
  */
 import assert from "node:assert/strict";
-import { LabAgent, ManifestDir } from "./agent.ts";
 import { ArrivalCounter, craft } from "./attacker.ts";
-import { clusterObjects, type LabClusterPlan, networkPolicy, servePorts } from "./cluster.ts";
-import { cleanupStaleLabs, createLab, type LabPod } from "./topology.ts";
+import { networkPolicy } from "./cluster.ts";
+import { type LabAgentSetup, labTest, namespacePlan, withLabAgent } from "./harness.ts";
+import type { LabPod } from "./topology.ts";
 
 const PREFIX = "knpinv";
-const PLAN: LabClusterPlan = {
-  nodeName: "lab-node",
-  namespaces: [{ name: "x", labels: { "kubernetes.io/metadata.name": "x" } }],
-  pods: ["attacker", "plain", "isolated", "sealed"].map((name, i) => ({
-    namespace: "x",
-    name,
-    ip: `10.244.1.${11 + i}`,
-    labels: { pod: name },
-    ports: servePorts([80]),
-  })),
-};
+const PLAN = namespacePlan("x", ["attacker", "plain", "isolated", "sealed"]);
 const POLICIES = [
   networkPolicy("x", "isolated", { podSelector: { matchLabels: { pod: "isolated" } } }),
   networkPolicy("x", "sealed", {
@@ -38,80 +28,85 @@ const POLICIES = [
 ];
 const FLAGS = ["synfin", "synrst", "fin", "null", "xmas"];
 
-async function waitCount(counter: ArrivalCounter, atLeast: number, timeoutMs = 5_000) {
-  const deadline = Date.now() + timeoutMs;
-  let n = await counter.count();
-  while (n < atLeast && Date.now() < deadline) {
-    await new Promise((r) => setTimeout(r, 50));
-    n = await counter.count();
-  }
-  return n;
-}
-
 const ip = (p: LabPod, family: 4 | 6) => family === 4 ? p.ip : p.ip6!;
 
-Deno.test({
-  name: "lab: conntrack-INVALID packets are dropped to and from isolated pods only",
-  ignore: Deno.uid() !== 0,
-  sanitizeOps: false,
-  sanitizeResources: false,
-}, async (t) => {
-  await cleanupStaleLabs(PREFIX);
-  const lab = await createLab({ prefix: PREFIX, pods: PLAN.pods, ipv6: true });
-  const dir = await ManifestDir.create();
-  let agent: LabAgent | undefined;
-  try {
-    await dir.writeModel(clusterObjects(PLAN, lab));
-    await dir.writePolicies(POLICIES);
-    agent = await LabAgent.start(lab, { nodeName: PLAN.nodeName, manifestsDir: dir.path });
-    await agent.waitEnforced(["x/isolated", "x/sealed"]);
-    const attacker = lab.pod("x/attacker"), plain = lab.pod("x/plain");
-    const isolated = lab.pod("x/isolated"), sealed = lab.pod("x/sealed");
+const SETUP: LabAgentSetup = {
+  prefix: PREFIX,
+  plan: PLAN,
+  ipv6: true,
+  servers: false,
+  policies: POLICIES,
+};
 
-    for (const family of [4, 6] as const) {
-      const attackerToPlain = await ArrivalCounter.install(
-        lab,
-        plain,
-        ip(attacker, family),
-        family,
-      );
-      const sealedToPlain = await ArrivalCounter.install(lab, plain, ip(sealed, family), family);
-      const toIsolated = await ArrivalCounter.install(lab, isolated, ip(attacker, family), family);
-      /**
-       * Sends `args` (a craft command taking SRC DST) from `from` to `blocked`, then the same
-       * from the attacker to x/plain; once that one arrived (they pass the node in order), the
-       * blocked one must not have.
-       */
-      const check = async (
-        from: LabPod,
-        blocked: LabPod,
-        counter: ArrivalCounter,
-        args: string[],
-      ) => {
-        const before = await counter.count();
-        const witness = await attackerToPlain.count();
-        const [cmd, ...rest] = args;
-        await craft(lab, from, [
-          cmd!,
-          ...rest.map((a) =>
-            a === "SRC" ? ip(from, family) : a === "DST" ? ip(blocked, family) : a
-          ),
-        ]);
-        await craft(lab, attacker, [
-          cmd!,
-          ...rest.map((a) =>
-            a === "SRC" ? ip(attacker, family) : a === "DST" ? ip(plain, family) : a
-          ),
-        ]);
-        assert.ok(await waitCount(attackerToPlain, witness + 1) > witness, "arrived at x/plain");
-        return (await counter.count()) - before;
-      };
+Deno.test(
+  "lab: conntrack-INVALID packets are dropped to and from isolated pods only",
+  labTest,
+  (t) =>
+    withLabAgent(SETUP, async ({ lab }) => {
+      const attacker = lab.pod("x/attacker"), plain = lab.pod("x/plain");
+      const isolated = lab.pod("x/isolated"), sealed = lab.pod("x/sealed");
 
-      for (const f of FLAGS) {
-        await t.step(
-          `IPv${family} TCP ${f}: not into an isolated pod, still into a plain one`,
-          async () => {
-            const n = await check(attacker, isolated, toIsolated, [
+      for (const family of [4, 6] as const) {
+        const attackerToPlain = await ArrivalCounter.install(
+          lab,
+          plain,
+          ip(attacker, family),
+          family,
+        );
+        const sealedToPlain = await ArrivalCounter.install(lab, plain, ip(sealed, family), family);
+        const toIsolated = await ArrivalCounter.install(
+          lab,
+          isolated,
+          ip(attacker, family),
+          family,
+        );
+        /**
+         * Sends `args` (a craft command taking SRC DST) from `from` to `blocked`, then the same
+         * from the attacker to x/plain; once that one arrived (they pass the node in order), the
+         * blocked one must not have.
+         */
+        const check = async (
+          from: LabPod,
+          blocked: LabPod,
+          counter: ArrivalCounter,
+          args: string[],
+        ) => {
+          const before = await counter.count();
+          const witness = await attackerToPlain.count();
+          const [cmd, ...rest] = args;
+          await craft(lab, from, [
+            cmd!,
+            ...rest.map((a) =>
+              a === "SRC" ? ip(from, family) : a === "DST" ? ip(blocked, family) : a
+            ),
+          ]);
+          await craft(lab, attacker, [
+            cmd!,
+            ...rest.map((a) =>
+              a === "SRC" ? ip(attacker, family) : a === "DST" ? ip(plain, family) : a
+            ),
+          ]);
+          assert.ok(await attackerToPlain.waitCount(witness + 1) > witness, "arrived at x/plain");
+          return (await counter.count()) - before;
+        };
+
+        for (const f of FLAGS) {
+          await t.step(
+            `IPv${family} TCP ${f}: not into an isolated pod, still into a plain one`,
+            async () => {
+              const n = await check(attacker, isolated, toIsolated, [
+                "flags",
+                String(family),
+                "SRC",
+                "DST",
+                "80",
+                f,
+              ]);
+              assert.equal(n, 0, "arrived at x/isolated");
+            },
+          );
+          await t.step(`IPv${family} TCP ${f}: not out of an egress-isolated pod`, async () => {
+            const n = await check(sealed, plain, sealedToPlain, [
               "flags",
               String(family),
               "SRC",
@@ -119,34 +114,18 @@ Deno.test({
               "80",
               f,
             ]);
-            assert.equal(n, 0, "arrived at x/isolated");
-          },
-        );
-        await t.step(`IPv${family} TCP ${f}: not out of an egress-isolated pod`, async () => {
-          const n = await check(sealed, plain, sealedToPlain, [
-            "flags",
-            String(family),
-            "SRC",
-            "DST",
-            "80",
-            f,
-          ]);
-          assert.equal(n, 0, "arrived at x/plain from x/sealed");
-        });
+            assert.equal(n, 0, "arrived at x/plain from x/sealed");
+          });
+        }
+        if (family === 4) {
+          await t.step(
+            "IPv4 ICMP error about no connection: not into an isolated pod",
+            async () => {
+              const n = await check(attacker, isolated, toIsolated, ["icmperr4", "SRC", "DST"]);
+              assert.equal(n, 0, "arrived at x/isolated");
+            },
+          );
+        }
       }
-      if (family === 4) {
-        await t.step("IPv4 ICMP error about no connection: not into an isolated pod", async () => {
-          const n = await check(attacker, isolated, toIsolated, ["icmperr4", "SRC", "DST"]);
-          assert.equal(n, 0, "arrived at x/isolated");
-        });
-      }
-    }
-  } catch (e) {
-    if (agent) console.error(`--- agent log (tail) ---\n${agent.logs()}`);
-    throw e;
-  } finally {
-    await agent?.kill("SIGTERM");
-    await dir.remove();
-    await lab.destroy();
-  }
-});
+    }),
+);

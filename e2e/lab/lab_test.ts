@@ -6,87 +6,17 @@
  *   deno test --frozen -A e2e/lab/lab_test.ts
  */
 import assert from "node:assert/strict";
-import type { NetworkPolicy } from "../../src/policy/types.ts";
-import { LabAgent, ManifestDir } from "./agent.ts";
-import {
-  clusterObjects,
-  defaultPlan,
-  type LabClusterPlan,
-  networkPolicy as policy,
-} from "./cluster.ts";
+import type { LabAgent } from "./agent.ts";
+import { defaultPlan, networkPolicy as policy } from "./cluster.ts";
+import { applyPolicies, eventually, labTest, withLab, withLabAgent } from "./harness.ts";
 import { assertMatrix, type Expectation } from "./matrix.ts";
 import { allPairs, probeMatrices, probeMatrix } from "./probe.ts";
-import { startServers } from "./servers.ts";
-import { cleanupStaleLabs, createLab, type Lab, run } from "./topology.ts";
+import { cleanupStaleLabs, listNetns, run } from "./topology.ts";
 
 const PREFIX = "knplab";
-const isRoot = Deno.uid() === 0;
-// Child processes (servers, agent) outlive single steps by design; the lab's destroy() ends them.
-const labTest = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
 
 const nsOf = (key: string) => key.split("/")[0]!;
 const allowAll: Expectation = () => "allow";
-
-async function labNetns(prefix: string): Promise<string[]> {
-  const r = await run(["ip", "netns", "list"]);
-  return r.stdout.split("\n").map((l) => l.split(" ")[0]!).filter((n) => n.startsWith(prefix));
-}
-
-/** A lab with the 3x3 plan and servers; always destroyed, and proven gone, afterwards. */
-async function withLab(fn: (lab: Lab, plan: LabClusterPlan) => Promise<void>): Promise<void> {
-  await cleanupStaleLabs(PREFIX);
-  const plan = defaultPlan();
-  const lab = await createLab({ prefix: PREFIX, pods: plan.pods });
-  try {
-    await startServers(lab);
-    await fn(lab, plan);
-  } finally {
-    await lab.destroy();
-  }
-  assert.deepEqual(await labNetns(lab.prefix), [], "lab namespaces left behind");
-}
-
-/** withLab plus a running agent watching a manifest dir holding the plan's pods and `policies`. */
-async function withAgent(
-  policies: NetworkPolicy[],
-  opts: { failOpen?: boolean },
-  fn: (ctx: { lab: Lab; agent: LabAgent; dir: ManifestDir }) => Promise<void>,
-): Promise<void> {
-  await withLab(async (lab, plan) => {
-    const dir = await ManifestDir.create();
-    try {
-      await dir.writeModel(clusterObjects(plan, lab));
-      await dir.writePolicies(policies);
-      const agent = await LabAgent.start(lab, {
-        nodeName: plan.nodeName,
-        manifestsDir: dir.path,
-        failOpen: opts.failOpen ?? true,
-      });
-      try {
-        await agent.waitEnforced(policies.map(policyKey));
-        await fn({ lab, agent, dir });
-      } catch (e) {
-        // The agent's own account of what it did is the first thing to read on a failure.
-        console.error(`--- agent log (tail) ---\n${agent.logs()}`);
-        throw e;
-      } finally {
-        await agent.kill("SIGTERM");
-      }
-    } finally {
-      await dir.remove();
-    }
-  });
-}
-
-function policyKey(np: NetworkPolicy): string {
-  return `${np.metadata.namespace}/${np.metadata.name}`;
-}
-
-/** Apply `policies` live (rewrite the file) and wait until the agent enforces exactly them. */
-async function apply(agent: LabAgent, dir: ManifestDir, policies: NetworkPolicy[]) {
-  await dir.writePolicies(policies);
-  await agent.waitEnforced(policies.map(policyKey));
-}
 
 Deno.test("lab: stale-lab cleaner removes labs of dead runs only", labTest, async () => {
   // A prefix of its own, so parallel runs of this test cannot clean each other's netns.
@@ -98,7 +28,7 @@ Deno.test("lab: stale-lab cleaner removes labs of dead runs only", labTest, asyn
       assert.equal((await run(["ip", "netns", "add", n])).code, 0);
     }
     assert.deepEqual(await cleanupStaleLabs(prefix), [dead]);
-    assert.deepEqual(await labNetns(`${prefix}-`), [alive]);
+    assert.deepEqual(await listNetns(prefix), [alive]);
   } finally {
     for (const n of [dead, alive]) await run(["ip", "netns", "del", n]);
   }
@@ -108,7 +38,7 @@ Deno.test(
   "lab: without an agent every pod reaches every other; a DROP in the node is seen as deny",
   labTest,
   async () => {
-    await withLab(async (lab) => {
+    await withLab({ prefix: PREFIX }, async ({ lab }) => {
       const [tcp, udp] = await probeMatrices(lab, allPairs(lab), [
         { protocol: "TCP", port: 80 },
         { protocol: "UDP", port: 81 },
@@ -133,25 +63,21 @@ Deno.test(
 );
 
 Deno.test("lab: IPv6 addresses route between pods too (no agent)", labTest, async () => {
-  await cleanupStaleLabs(PREFIX);
   const plan = defaultPlan();
-  const lab = await createLab({ prefix: PREFIX, pods: plan.pods.slice(0, 4), ipv6: true });
-  try {
+  const setup = { prefix: PREFIX, plan: { ...plan, pods: plan.pods.slice(0, 4) }, ipv6: true };
+  await withLab(setup, async ({ lab }) => {
     assert.equal(lab.pod("x/a").ip6, "fd00:10:244::1:11");
-    await startServers(lab);
     const [tcp, udp] = await probeMatrices(lab, allPairs(lab), [
       { protocol: "TCP", port: 81 },
       { protocol: "UDP", port: 80 },
     ], { ipv6: true });
     assertMatrix("TCP 81 over IPv6", tcp!, allowAll);
     assertMatrix("UDP 80 over IPv6", udp!, allowAll);
-  } finally {
-    await lab.destroy();
-  }
+  });
 });
 
 Deno.test("lab: policies enforced by the agent on real connections", labTest, async (t) => {
-  await withAgent([], {}, async ({ lab, agent, dir }) => {
+  await withLabAgent({ prefix: PREFIX }, async ({ lab, agent, dir }) => {
     const pairs = allPairs(lab);
     const tcp80 = () => probeMatrix(lab, pairs, "TCP", 80);
 
@@ -165,7 +91,7 @@ Deno.test("lab: policies enforced by the agent on real connections", labTest, as
     });
 
     await t.step("default deny ingress in x", async () => {
-      await apply(agent, dir, [policy("x", "deny-ingress", {
+      await applyPolicies({ agent, dir }, [policy("x", "deny-ingress", {
         podSelector: {},
         policyTypes: ["Ingress"],
       })]);
@@ -173,7 +99,7 @@ Deno.test("lab: policies enforced by the agent on real connections", labTest, as
     });
 
     await t.step("default deny egress in x", async () => {
-      await apply(agent, dir, [policy("x", "deny-egress", {
+      await applyPolicies({ agent, dir }, [policy("x", "deny-egress", {
         podSelector: {},
         policyTypes: ["Egress"],
       })]);
@@ -181,7 +107,7 @@ Deno.test("lab: policies enforced by the agent on real connections", labTest, as
     });
 
     await t.step("pod and namespace selectors", async () => {
-      await apply(agent, dir, [policy("x", "allow-selected", {
+      await applyPolicies({ agent, dir }, [policy("x", "allow-selected", {
         podSelector: { matchLabels: { pod: "a" } },
         ingress: [{
           from: [
@@ -202,7 +128,7 @@ Deno.test("lab: policies enforced by the agent on real connections", labTest, as
     });
 
     await t.step("ipBlock with except", async () => {
-      await apply(agent, dir, [policy("x", "allow-cidr", {
+      await applyPolicies({ agent, dir }, [policy("x", "allow-cidr", {
         podSelector: { matchLabels: { pod: "a" } },
         ingress: [{ from: [{ ipBlock: { cidr: "10.244.2.0/24", except: ["10.244.2.12/32"] } }] }],
       })]);
@@ -215,7 +141,7 @@ Deno.test("lab: policies enforced by the agent on real connections", labTest, as
     });
 
     await t.step("named port", async () => {
-      await apply(agent, dir, [policy("x", "allow-named-port", {
+      await applyPolicies({ agent, dir }, [policy("x", "allow-named-port", {
         podSelector: { matchLabels: { pod: "a" } },
         ingress: [{ ports: [{ port: "serve-81-tcp" }] }],
       })]);
@@ -228,7 +154,7 @@ Deno.test("lab: policies enforced by the agent on real connections", labTest, as
     });
 
     await t.step("UDP", async () => {
-      await apply(agent, dir, [policy("x", "allow-udp-81", {
+      await applyPolicies({ agent, dir }, [policy("x", "allow-udp-81", {
         podSelector: { matchLabels: { pod: "a" } },
         ingress: [{ ports: [{ protocol: "UDP", port: 81 }] }],
       })]);
@@ -254,7 +180,7 @@ Deno.test("lab: policies enforced by the agent on real connections", labTest, as
       });
       const toXA = lab.pods.filter((p) => p.namespace !== "x" || p.name !== "a")
         .map((p) => ({ from: `${p.namespace}/${p.name}`, to: "x/a" }));
-      await apply(agent, dir, [allowIn]);
+      await applyPolicies({ agent, dir }, [allowIn]);
       assertMatrix("allowed", await probeMatrix(lab, toXA, "TCP", 80), allowAll);
       // Same policy name, new content: the change must reach the rules (generation moves).
       const before = (await agent.debugPolicies()).generation;
@@ -292,13 +218,13 @@ Deno.test("lab: policies enforced by the agent on real connections", labTest, as
 
 /** Wait for a generation newer than `before` whose rules are synced. */
 async function waitGenerationAfter(agent: LabAgent, before: number, timeoutMs = 20_000) {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    const d = await agent.debugPolicies();
-    if (d.generation > before && d.rulesSyncedGeneration === d.generation) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`no new synced generation after ${before} within ${timeoutMs} ms`);
+  await eventually(
+    `a new synced generation after ${before}`,
+    () => agent.debugPolicies(),
+    (d) => d.generation > before && d.rulesSyncedGeneration === d.generation,
+    timeoutMs,
+    50,
+  );
 }
 
 const toXAFrom = (from: string[]) => from.map((f) => ({ from: f, to: "x/a" }));
@@ -308,7 +234,8 @@ Deno.test(
   labTest,
   async () => {
     const denyX = policy("x", "deny-ingress", { podSelector: {}, policyTypes: ["Ingress"] });
-    await withAgent([denyX], { failOpen: true }, async ({ lab, agent }) => {
+    const setup = { prefix: PREFIX, policies: [denyX], agent: { failOpen: true } };
+    await withLabAgent(setup, async ({ lab, agent }) => {
       const pairs = toXAFrom(["y/a", "z/b"]);
       assertMatrix("agent up", await probeMatrix(lab, pairs, "TCP", 80), () => "deny");
       await agent.kill("SIGKILL");
@@ -330,7 +257,8 @@ Deno.test(
       podSelector: { matchLabels: { pod: "a" } },
       ingress: [{}],
     });
-    await withAgent([allowXA], { failOpen: false }, async ({ lab, agent }) => {
+    const setup = { prefix: PREFIX, policies: [allowXA], agent: { failOpen: false } };
+    await withLabAgent(setup, async ({ lab, agent }) => {
       const pairs = [...toXAFrom(["y/a", "z/b"]), { from: "y/a", to: "y/b" }];
       assertMatrix("agent up", await probeMatrix(lab, pairs, "TCP", 80), allowAll);
       await agent.kill("SIGKILL");

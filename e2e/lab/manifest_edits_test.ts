@@ -9,20 +9,20 @@
 import assert from "node:assert/strict";
 import { stringify } from "yaml";
 import type { NetworkPolicy } from "../../src/policy/types.ts";
-import { LabAgent, ManifestDir } from "./agent.ts";
-import { clusterObjects, defaultPlan, networkPolicy } from "./cluster.ts";
+import type { LabAgent } from "./agent.ts";
+import { networkPolicy } from "./cluster.ts";
+import {
+  applyPolicies,
+  type LabAgentContext,
+  labTest,
+  pollUntil,
+  withLabAgent,
+} from "./harness.ts";
 import { compareMatrix } from "./matrix.ts";
 import { probeMatrix, type ProbePair } from "./probe.ts";
-import { startServers } from "./servers.ts";
-import { cleanupStaleLabs, createLab, type Lab } from "./topology.ts";
+import type { Lab } from "./topology.ts";
 
 const PREFIX = "knpedit";
-const labTest = {
-  ignore: Deno.uid() !== 0,
-  // Child processes (servers, agent) outlive single steps by design; lab.destroy() ends them.
-  sanitizeOps: false,
-  sanitizeResources: false,
-};
 
 const DENY_X = networkPolicy("x", "deny-ingress", { podSelector: {}, policyTypes: ["Ingress"] });
 /** What a real removal leaves: the file still parses, with another (unrelated) policy. */
@@ -130,10 +130,8 @@ console.log(JSON.stringify(out));
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function invalidObjects(agent: LabAgent): Promise<number> {
-  const { status, body } = await agent.get("/metrics");
-  assert.equal(status, 200);
-  return Number(/^kube_netpol_invalid_objects (\d+)/m.exec(body)?.[1] ?? NaN);
+function invalidObjects(agent: LabAgent): Promise<number> {
+  return agent.metric("kube_netpol_invalid_objects");
 }
 
 /** Replace `file` with a symlink to itself, atomically (made aside, renamed over). */
@@ -152,10 +150,7 @@ function broken(patch: Record<string, unknown>): NetworkPolicy {
   return { ...DENY_X, ...patch } as unknown as NetworkPolicy;
 }
 
-interface Ctx {
-  lab: Lab;
-  agent: LabAgent;
-  dir: ManifestDir;
+interface Ctx extends LabAgentContext {
   probes: ProbeLog;
 }
 
@@ -187,29 +182,19 @@ async function brokenState(ctx: Ctx, name: string, breakIt: () => Promise<void>)
  */
 async function restore({ agent, dir }: Ctx): Promise<void> {
   await dir.writePolicies([DENY_X]);
-  const deadline = Date.now() + 15_000;
-  while ((await agent.debugPolicies()).invalid?.length || await invalidObjects(agent) > 0) {
-    assert.ok(Date.now() < deadline, "invalid objects still reported after the file was restored");
-    await sleep(100);
-  }
+  const reported = async () =>
+    !!(await agent.debugPolicies()).invalid?.length || await invalidObjects(agent) > 0;
+  const still = await pollUntil(reported, (yes) => !yes, 15_000);
+  assert.ok(!still, "invalid objects still reported after the file was restored");
 }
 
 Deno.test(
   "lab: invalid or half-written manifest edits never open traffic; a real removal does",
   labTest,
   async (t) => {
-    await cleanupStaleLabs(PREFIX);
-    const plan = defaultPlan();
-    const lab = await createLab({ prefix: PREFIX, pods: plan.pods });
-    const dir = await ManifestDir.create();
-    let agent: LabAgent | undefined;
-    try {
-      await startServers(lab);
-      await dir.writeModel(clusterObjects(plan, lab));
-      await dir.writePolicies([DENY_X]);
-      agent = await LabAgent.start(lab, { nodeName: plan.nodeName, manifestsDir: dir.path });
-      await agent.waitEnforced(["x/deny-ingress"]);
-      const ctx: Ctx = { lab, agent, dir, probes: new ProbeLog() };
+    await withLabAgent({ prefix: PREFIX, policies: [DENY_X] }, async (running) => {
+      const ctx: Ctx = { ...running, probes: new ProbeLog() };
+      const { lab, dir } = ctx;
       const policyFile = `${dir.path}/policies.yaml`;
 
       await t.step("in force before any edit", async () => {
@@ -261,8 +246,7 @@ Deno.test(
       });
 
       await t.step("the policy document really removed: traffic opens", async () => {
-        await dir.writePolicies([OTHER]);
-        await agent!.waitEnforced(["z/select-nothing"]);
+        await applyPolicies(ctx, [OTHER]);
         const m = await probeMatrix(lab, DENIED, "TCP", 80);
         assert.deepEqual(compareMatrix(m, () => "allow"), []);
       });
@@ -270,13 +254,6 @@ Deno.test(
       console.log(
         `${ctx.probes.denied} denied probes during hostile edits, ${ctx.probes.bad.length} wrong`,
       );
-    } catch (e) {
-      if (agent) console.error(`--- agent log (tail) ---\n${agent.logs()}`);
-      throw e;
-    } finally {
-      await agent?.kill("SIGTERM");
-      await dir.remove();
-      await lab.destroy();
-    }
+    });
   },
 );

@@ -17,19 +17,14 @@
  */
 import assert from "node:assert/strict";
 import type { Pod } from "../../src/policy/types.ts";
-import { LabAgent, ManifestDir } from "./agent.ts";
+import { type LabAgent, ManifestDir } from "./agent.ts";
 import { networkPolicy, nodeObjects } from "./cluster.ts";
 import type { LoopAttempt, LoopSpec } from "./connect_loop.ts";
+import { labTest, pollUntil, withAgent } from "./harness.ts";
 import { startServers } from "./servers.ts";
-import { cleanupStaleLabs, createLab, type Lab, type LabPod } from "./topology.ts";
+import { cleanupStaleLabs, createLab, type Lab, type LabPod, listNetns } from "./topology.ts";
 
 const PREFIX = "knprace";
-const labTest = {
-  ignore: Deno.uid() !== 0,
-  // Servers and agents outlive single steps by design; lab.destroy() ends them.
-  sanitizeOps: false,
-  sanitizeResources: false,
-};
 
 const NODE = { name: "lab-node", ip: "10.244.0.1", podCIDRs: ["10.244.0.0/16"] };
 /**
@@ -137,14 +132,12 @@ interface HeldCounts {
 }
 
 async function heldCounts(agent: LabAgent): Promise<HeldCounts> {
-  const { status, body } = await agent.get("/metrics");
-  assert.equal(status, 200);
-  const value = (re: RegExp) => Number(re.exec(body)?.[1] ?? 0);
+  const m = await agent.scrape();
   return {
-    held: value(/^kube_netpol_held_packets_total (\S+)$/m),
-    timeouts: value(/^kube_netpol_held_packet_timeouts_total\{reason="timeout"\} (\S+)$/m),
-    waits: value(/^kube_netpol_held_packet_wait_seconds_count (\S+)$/m),
-    waitSeconds: value(/^kube_netpol_held_packet_wait_seconds_sum (\S+)$/m),
+    held: m.value("kube_netpol_held_packets_total"),
+    timeouts: m.value("kube_netpol_held_packet_timeouts_total", { reason: "timeout" }),
+    waits: m.value("kube_netpol_held_packet_wait_seconds_count"),
+    waitSeconds: m.value("kube_netpol_held_packet_wait_seconds_sum"),
   };
 }
 
@@ -152,16 +145,11 @@ async function heldCounts(agent: LabAgent): Promise<HeldCounts> {
  * The counters once they show what `enough` wants; the worker reports every 250 ms, so this waits
  * (bounded) rather than reading once. Returns the last reading either way; the caller asserts.
  */
-async function settledCounts(
+function settledCounts(
   agent: LabAgent,
   enough: (c: HeldCounts) => boolean,
 ): Promise<HeldCounts> {
-  let c = await heldCounts(agent);
-  for (let i = 0; i < 40 && !enough(c); i++) {
-    await sleep(100);
-    c = await heldCounts(agent);
-  }
-  return c;
+  return pollUntil(() => heldCounts(agent), enough, 5_000);
 }
 
 const diff = (a: HeldCounts, b: HeldCounts): HeldCounts => ({
@@ -185,15 +173,19 @@ interface World {
 
 let world: World | undefined;
 
-async function startAgent(w: World, failOpen: boolean): Promise<LabAgent> {
-  const agent = await LabAgent.start(w.lab, {
+/** `fn` with an agent on the world's lab, enforcing POLICIES; stopped afterwards. */
+function withRaceAgent(
+  w: World,
+  failOpen: boolean,
+  fn: (agent: LabAgent) => Promise<void>,
+): Promise<void> {
+  const options = {
     nodeName: NODE.name,
     manifestsDir: w.dir.path,
     failOpen,
     extraArgs: [`--unknown-pod-timeout=${HOLD_TIMEOUT_MS}ms`],
-  });
-  await agent.waitEnforced(POLICY_KEYS);
-  return agent;
+  };
+  return withAgent(w.lab, options, POLICY_KEYS, fn);
 }
 
 /**
@@ -256,8 +248,7 @@ Deno.test(
   labTest,
   async (t) => {
     const w = world!;
-    const agent = await startAgent(w, true);
-    try {
+    await withRaceAgent(w, true, async (agent) => {
       await t.step("the race's sets hold the node's pod CIDR and the known addresses", async () => {
         const save = await w.lab.exec(w.lab.nodeNetns, ["ipset", "save"]);
         assert.match(save.stdout, /^add kube-netpol-podcidr-v4 10\.244\.0\.0\/16$/m);
@@ -334,9 +325,7 @@ Deno.test(
           "the release is logged",
         );
       });
-    } finally {
-      await agent.kill("SIGTERM");
-    }
+    });
   },
 );
 
@@ -345,8 +334,7 @@ Deno.test(
   labTest,
   async (t) => {
     const w = world!;
-    const agent = await startAgent(w, false);
-    try {
+    await withRaceAgent(w, false, async (agent) => {
       await t.step("allowed: the held connection succeeds once the pod appears", async () => {
         const before = await heldCounts(agent);
         const { egress } = await lateStart(w, "allow", {
@@ -378,14 +366,14 @@ Deno.test(
           "the release is logged",
         );
       });
-    } finally {
-      await agent.kill("SIGTERM");
-    }
+    });
   },
 );
 
 Deno.test("pod start: lab removed", labTest, async () => {
-  await world?.lab.destroy();
+  const lab = world?.lab;
+  await lab?.destroy();
   await world?.dir.remove();
   world = undefined;
+  if (lab) assert.deepEqual(await listNetns(lab.prefix), [], "lab namespaces left behind");
 });

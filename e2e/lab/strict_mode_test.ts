@@ -15,15 +15,12 @@
  * behaviour before strict mode, and proof that the first test depends on it.
  */
 import assert from "node:assert/strict";
-import { LabAgent, ManifestDir } from "./agent.ts";
-import { clusterObjects, defaultPlan, networkPolicy as policy } from "./cluster.ts";
-import { cleanupStaleLabs, createLab, type Lab } from "./topology.ts";
-import type { NetworkPolicy } from "../../src/policy/types.ts";
+import type { LabAgent } from "./agent.ts";
+import { networkPolicy as policy } from "./cluster.ts";
+import { applyPolicies, labTest, pollUntil, withLabAgent } from "./harness.ts";
+import type { Lab } from "./topology.ts";
 
 const PREFIX = "knpstrict";
-const isRoot = Deno.uid() === 0;
-// Peers and the agent outlive single steps by design; lab.destroy() ends them.
-const labTest = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
 const PEER = new URL("./stream_peer.py", import.meta.url).pathname;
 
 interface PeerEvent {
@@ -51,6 +48,20 @@ class Peer {
   static start(lab: Lab, pod: string, name: string, args: string[]): Peer {
     const child = lab.spawn(lab.pod(pod).netns, ["python3", PEER, ...args], { stdout: "piped" });
     return new Peer(`${name} (${pod})`, child);
+  }
+
+  /** `stream_peer.py server ARGS` in `pod`; ARGS: "tcp|udp PORT speak|echo [options]". */
+  static server(lab: Lab, pod: string, name: string, args: string): Peer {
+    return Peer.start(lab, pod, name, ["server", ...args.split(" ")]);
+  }
+
+  /**
+   * `stream_peer.py client ARGS` in `pod`; ARGS: "tcp|udp SERVER PORT speak|echo [options]", with
+   * the server's pod ("x/a") for its address.
+   */
+  static client(lab: Lab, pod: string, name: string, args: string): Peer {
+    const [proto, server, ...rest] = args.split(" ");
+    return Peer.start(lab, pod, name, ["client", proto!, ip(lab, server!), ...rest]);
   }
 
   find(kind: PeerEvent["event"]): PeerEvent | undefined {
@@ -89,39 +100,8 @@ function sleep(ms: number): Promise<void> {
 
 const ip = (lab: Lab, pod: string) => lab.pod(pod).ip;
 
-/** A lab with the 3x3 model on one node and a running agent; always torn down. */
-async function withAgent(
-  extraArgs: string[],
-  fn: (ctx: { lab: Lab; agent: LabAgent; dir: ManifestDir }) => Promise<void>,
-): Promise<void> {
-  await cleanupStaleLabs(PREFIX);
-  const plan = defaultPlan();
-  const lab = await createLab({ prefix: PREFIX, pods: plan.pods });
-  const dir = await ManifestDir.create();
-  try {
-    await dir.writeModel(clusterObjects(plan, lab));
-    await dir.writePolicies([]);
-    const agent = await LabAgent.start(lab, {
-      nodeName: plan.nodeName,
-      manifestsDir: dir.path,
-      extraArgs,
-    });
-    try {
-      await agent.waitEnforced([]);
-      await fn({ lab, agent, dir });
-    } catch (e) {
-      console.error(`--- agent log (tail) ---\n${agent.logs()}`);
-      throw e;
-    } finally {
-      await agent.kill("SIGTERM");
-    }
-  } finally {
-    await dir.remove();
-    await lab.destroy();
-  }
-}
-
-const key = (np: NetworkPolicy) => `${np.metadata.namespace}/${np.metadata.name}`;
+/** The 3x3 model on one node, no servers (the peers serve). */
+const SETUP = { prefix: PREFIX, servers: false } as const;
 
 /** x/a accepts ingress only from y/a (every port). */
 const X_A_ONLY_FROM_Y_A = policy("x", "a-only-from-y-a", {
@@ -169,10 +149,6 @@ function cutLines(
   return out;
 }
 
-function metric(body: string, re: RegExp): number {
-  return Number(re.exec(body)?.[1] ?? NaN);
-}
-
 /**
  * A cut UDP flow is refused with an ICMP port unreachable, which the kernel rate-limits (per
  * destination and globally): on a busy machine the error can be lost and the flow just falls
@@ -186,120 +162,52 @@ Deno.test(
   "strict mode: a denying change cuts live TCP and UDP flows whichever side speaks next; allowed ones live on; removing it lets the same 5-tuple back",
   labTest,
   async () => {
-    await withAgent([], async ({ lab, agent, dir }) => {
-      const secs = ["--seconds", "40"];
+    await withLabAgent(SETUP, async ({ lab, agent, dir }) => {
+      const secs = "--seconds 40";
       // Servers first; each serves one flow.
       const servers = {
-        tcpEcho: Peer.start(lab, "x/a", "tcp server, echoes", [
-          "server",
-          "tcp",
-          "7001",
-          "echo",
-          ...secs,
-        ]),
-        tcpAllowed: Peer.start(lab, "x/a", "tcp server, echoes", [
-          "server",
-          "tcp",
-          "7011",
-          "echo",
-          ...secs,
-        ]),
-        tcpSpeaks: Peer.start(lab, "x/b", "tcp server, speaks", [
-          "server",
-          "tcp",
-          "7002",
-          "speak",
-          ...secs,
-        ]),
-        udpEcho: Peer.start(lab, "z/a", "udp server, echoes", [
-          "server",
-          "udp",
-          "7003",
-          "echo",
-          ...secs,
-        ]),
-        udpSpeaks: Peer.start(lab, "z/b", "udp server, speaks", [
-          "server",
-          "udp",
-          "7004",
-          "speak",
-          ...secs,
-        ]),
-        udpAllowed: Peer.start(lab, "z/c", "udp server, echoes", [
-          "server",
-          "udp",
-          "7005",
-          "echo",
-          ...secs,
-        ]),
+        tcpEcho: Peer.server(lab, "x/a", "tcp server, echoes", `tcp 7001 echo ${secs}`),
+        tcpAllowed: Peer.server(lab, "x/a", "tcp server, echoes", `tcp 7011 echo ${secs}`),
+        tcpSpeaks: Peer.server(lab, "x/b", "tcp server, speaks", `tcp 7002 speak ${secs}`),
+        udpEcho: Peer.server(lab, "z/a", "udp server, echoes", `udp 7003 echo ${secs}`),
+        udpSpeaks: Peer.server(lab, "z/b", "udp server, speaks", `udp 7004 speak ${secs}`),
+        udpAllowed: Peer.server(lab, "z/c", "udp server, echoes", `udp 7005 echo ${secs}`),
       };
       for (const s of Object.values(servers)) await s.waitFor("ready");
-      const probe = ["--probe-after", "0.5"];
+      const probe = "--probe-after 0.5";
       const clients = {
         // Denied by x/a's ingress; the client speaks next.
-        tcp: Peer.start(lab, "y/b", "tcp client, speaks", [
-          "client",
-          "tcp",
-          ip(lab, "x/a"),
-          "7001",
-          "speak",
-          ...secs,
-        ]),
+        tcp: Peer.client(lab, "y/b", "tcp client, speaks", `tcp x/a 7001 speak ${secs}`),
         // Allowed (y/a may reach x/a): must live on.
-        tcpAllowed: Peer.start(lab, "y/a", "tcp client, speaks", [
-          "client",
-          "tcp",
-          ip(lab, "x/a"),
-          "7011",
-          "speak",
-          ...secs,
-        ]),
+        tcpAllowed: Peer.client(lab, "y/a", "tcp client, speaks", `tcp x/a 7011 speak ${secs}`),
         // Denied by y/c's egress; the SERVER speaks next (then the client, after 0.5 s of silence).
-        tcpServerFirst: Peer.start(lab, "y/c", "tcp client, echoes", [
-          "client",
-          "tcp",
-          ip(lab, "x/b"),
-          "7002",
-          "echo",
-          ...probe,
-          ...secs,
-        ]),
+        tcpServerFirst: Peer.client(
+          lab,
+          "y/c",
+          "tcp client, echoes",
+          `tcp x/b 7002 echo ${probe} ${secs}`,
+        ),
         // Denied by z/a's ingress; a fixed source port, reused after the policy is gone.
-        udp: Peer.start(lab, "y/a", "udp client, speaks", [
-          "client",
-          "udp",
-          ip(lab, "z/a"),
-          "7003",
-          "speak",
-          "--sport",
-          "40123",
-          ...secs,
-        ]),
+        udp: Peer.client(
+          lab,
+          "y/a",
+          "udp client, speaks",
+          `udp z/a 7003 speak --sport 40123 ${secs}`,
+        ),
         // Denied by x/c's egress; the server speaks next.
-        udpServerFirst: Peer.start(lab, "x/c", "udp client, echoes", [
-          "client",
-          "udp",
-          ip(lab, "z/b"),
-          "7004",
-          "echo",
-          ...probe,
-          ...secs,
-        ]),
-        udpAllowed: Peer.start(lab, "y/b", "udp client, speaks", [
-          "client",
-          "udp",
-          ip(lab, "z/c"),
-          "7005",
-          "speak",
-          ...secs,
-        ]),
+        udpServerFirst: Peer.client(
+          lab,
+          "x/c",
+          "udp client, echoes",
+          `udp z/b 7004 echo ${probe} ${secs}`,
+        ),
+        udpAllowed: Peer.client(lab, "y/b", "udp client, speaks", `udp z/c 7005 speak ${secs}`),
       };
       for (const c of Object.values(clients)) await c.waitFor("connected");
       await sleep(300); // a few exchanges each
 
       const mark = agent.logMark();
-      await dir.writePolicies(DENYING);
-      await agent.waitEnforced(DENYING.map(key));
+      await applyPolicies({ agent, dir }, DENYING);
 
       // The side that speaks next is refused at once: reset for TCP, port unreachable for UDP.
       const cutTcp = await clients.tcp.waitFor("cut");
@@ -368,72 +276,39 @@ Deno.test(
       assert.doesNotMatch(marked.stdout, /dport=7011 /);
       assert.doesNotMatch(marked.stdout, /dport=7005 /);
 
-      const { body } = await agent.get("/metrics");
-      assert.ok(
-        metric(body, /^kube_netpol_connections_cut_total\{direction="ingress"\} (\d+)/m) >= 2,
-      );
-      assert.ok(
-        metric(body, /^kube_netpol_connections_cut_total\{direction="egress"\} (\d+)/m) >= 2,
-      );
-      assert.ok(metric(body, /^kube_netpol_connection_cut_latency_seconds_count (\d+)/m) >= 4);
+      const m = await agent.scrape();
+      assert.ok(m.value("kube_netpol_connections_cut_total", { direction: "ingress" }) >= 2);
+      assert.ok(m.value("kube_netpol_connections_cut_total", { direction: "egress" }) >= 2);
+      assert.ok(m.value("kube_netpol_connection_cut_latency_seconds_count") >= 4);
 
       // Policies removed: the UDP flow with the very same 5-tuple works again. Its old entry is
       // still in conntrack (UDP keeps it 120 s); only the lifted cut lets it through.
       for (const p of [...Object.values(servers), ...Object.values(clients)]) p.stop();
       const mark2 = agent.logMark();
-      await dir.writePolicies([]);
-      await agent.waitEnforced([]);
-      const deadline = Date.now() + 5000;
-      while (
-        !agent.logsSince(mark2).some((l) => l.includes("no longer cut")) && Date.now() < deadline
-      ) {
-        await sleep(50);
-      }
-      const again = Peer.start(lab, "z/a", "udp server again", [
-        "server",
-        "udp",
-        "7003",
-        "echo",
-        "--seconds",
-        "5",
-      ]);
+      await applyPolicies({ agent, dir }, []);
+      await pollUntil(
+        () => Promise.resolve(agent.logsSince(mark2).some((l) => l.includes("no longer cut"))),
+        (logged) => logged,
+        5000,
+        50,
+      );
+      const again = Peer.server(lab, "z/a", "udp server again", "udp 7003 echo --seconds 5");
       await again.waitFor("ready");
-      const reused = Peer.start(lab, "y/a", "udp client, same 5-tuple", [
-        "client",
-        "udp",
-        ip(lab, "z/a"),
-        "7003",
-        "speak",
-        "--sport",
-        "40123",
-        "--seconds",
-        "1.5",
-      ]);
+      const reused = Peer.client(
+        lab,
+        "y/a",
+        "udp client, same 5-tuple",
+        "udp z/a 7003 speak --sport 40123 --seconds 1.5",
+      );
       const end = await reused.waitFor("end");
       assert.equal(reused.find("cut"), undefined, JSON.stringify(reused.events));
       assert.ok(end.n! >= 10, `only ${end.n} exchanges`);
       // And a new TCP connection from the pod that was cut.
-      const tcpAgain = Peer.start(lab, "x/a", "tcp server again", [
-        "server",
-        "tcp",
-        "7001",
-        "echo",
-        "--seconds",
-        "5",
-      ]);
+      const tcpAgain = Peer.server(lab, "x/a", "tcp server again", "tcp 7001 echo --seconds 5");
       await tcpAgain.waitFor("ready");
-      const tcpNew = Peer.start(lab, "y/b", "tcp client again", [
-        "client",
-        "tcp",
-        ip(lab, "x/a"),
-        "7001",
-        "speak",
-        "--seconds",
-        "1",
-      ]);
+      const tcpNew = Peer.client(lab, "y/b", "tcp client again", "tcp x/a 7001 speak --seconds 1");
       assert.ok((await tcpNew.waitFor("end")).n! >= 10);
-      const { body: after } = await agent.get("/metrics");
-      assert.ok(metric(after, /^kube_netpol_connections_uncut_total (\d+)/m) >= 1);
+      assert.ok(await agent.metric("kube_netpol_connections_uncut_total") >= 1);
     });
   },
 );
@@ -442,28 +317,13 @@ Deno.test(
   "strict mode off (--strict-mode=false): the denied connection lives on, as before strict mode",
   labTest,
   async () => {
-    await withAgent(["--strict-mode=false"], async ({ lab, agent, dir }) => {
-      const server = Peer.start(lab, "x/a", "tcp server", [
-        "server",
-        "tcp",
-        "7001",
-        "echo",
-        "--seconds",
-        "20",
-      ]);
+    const setup = { ...SETUP, agent: { extraArgs: ["--strict-mode=false"] } };
+    await withLabAgent(setup, async ({ lab, agent, dir }) => {
+      const server = Peer.server(lab, "x/a", "tcp server", "tcp 7001 echo --seconds 20");
       await server.waitFor("ready");
-      const client = Peer.start(lab, "y/b", "tcp client", [
-        "client",
-        "tcp",
-        ip(lab, "x/a"),
-        "7001",
-        "speak",
-        "--seconds",
-        "20",
-      ]);
+      const client = Peer.client(lab, "y/b", "tcp client", "tcp x/a 7001 speak --seconds 20");
       await client.waitFor("connected");
-      await dir.writePolicies([X_A_ONLY_FROM_Y_A]);
-      await agent.waitEnforced([key(X_A_ONLY_FROM_Y_A)]);
+      await applyPolicies({ agent, dir }, [X_A_ONLY_FROM_Y_A]);
       const applied = Date.now();
       await sleep(2000);
       assert.equal(client.find("cut"), undefined, JSON.stringify(client.events));
@@ -472,15 +332,7 @@ Deno.test(
       const rules = await lab.exec(lab.nodeNetns, ["iptables-save", "-t", "filter"]);
       assert.doesNotMatch(rules.stdout, /connmark/);
       // But a NEW connection is judged, and denied.
-      const fresh = Peer.start(lab, "y/b", "tcp client, new", [
-        "client",
-        "tcp",
-        ip(lab, "x/a"),
-        "7001",
-        "speak",
-        "--seconds",
-        "2",
-      ]);
+      const fresh = Peer.client(lab, "y/b", "tcp client, new", "tcp x/a 7001 speak --seconds 2");
       const failed = await fresh.waitFor("error");
       assert.match(failed.error!, /ConnectionRefused/);
     });

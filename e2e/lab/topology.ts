@@ -212,8 +212,8 @@ function inNetns(netns: string, cmd: string[]): string[] {
   return ["ip", "netns", "exec", netns, ...cmd];
 }
 
-/** Netns names that start with `prefix-`. */
-async function listNetns(prefix: string): Promise<string[]> {
+/** Netns names that start with `prefix-` (with a lab's `prefix`: the namespaces of that lab). */
+export async function listNetns(prefix: string): Promise<string[]> {
   const out = await must(["ip", "netns", "list"]);
   return out.split("\n")
     .map((l) => l.trim().split(/\s+/)[0] ?? "")
