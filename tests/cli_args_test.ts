@@ -77,3 +77,9 @@ Deno.test("run flags: dataplane check period and watch stall timeout take Go dur
   );
   assert.throws(() => opts("--watch-stall-timeout=10ms"), /between 1s and 3600s/);
 });
+
+Deno.test("run flags: a missing policy CRD is looked for again every --crd-recheck-interval", () => {
+  assert.equal(opts().crdRecheckIntervalMs, 30_000);
+  assert.equal(opts("--crd-recheck-interval=1m").crdRecheckIntervalMs, 60_000);
+  assert.throws(() => opts("--crd-recheck-interval=100ms"), /between 1s and 3600s/);
+});

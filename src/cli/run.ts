@@ -22,6 +22,7 @@ import { DEFAULT_CHECK_INTERVAL_MS, RuleSync } from "../rules/rule_sync.ts";
 import { type QueueCounters, UnjudgedMonitor } from "../rules/unjudged.ts";
 // Not source.ts: that loads client-node, which a --manifests run never needs.
 import { DEFAULT_STALL_TIMEOUT_MS } from "../k8s/watch_transport.ts";
+import { DEFAULT_ABSENT_RECHECK_MS } from "../k8s/kinds.ts";
 import { flagHelp, type FlagSpec, parseDuration, parseFlags, UsageError } from "./args.ts";
 
 const FLAGS: FlagSpec = {
@@ -41,6 +42,7 @@ const FLAGS: FlagSpec = {
   "deny-log-rate": { type: "string", default: String(DEFAULT_DENY_LOG_RATE) },
   "dataplane-check-interval": { type: "string", default: `${DEFAULT_CHECK_INTERVAL_MS / 1000}s` },
   "watch-stall-timeout": { type: "string", default: `${DEFAULT_STALL_TIMEOUT_MS / 1000}s` },
+  "crd-recheck-interval": { type: "string", default: `${DEFAULT_ABSENT_RECHECK_MS / 1000}s` },
   help: { type: "boolean", short: "h", default: false },
 };
 
@@ -69,6 +71,8 @@ const HELP: Record<string, string> = {
     "something flushed or deleted them",
   "watch-stall-timeout": "a watch with no event and no bookmark for this long is presumed hung: " +
     "/readyz fails and it is re-opened (the API server sends bookmarks about every minute)",
+  "crd-recheck-interval": "how often a policy kind the API server does not serve (its CRD is " +
+    "not installed) is looked for again; until then none of it exists",
   help: "show this help",
 };
 
@@ -90,6 +94,7 @@ export interface RunOptions {
   denyLogRate: number;
   dataplaneCheckIntervalMs: number;
   watchStallTimeoutMs: number;
+  crdRecheckIntervalMs: number;
 }
 
 function intFlag(values: Record<string, unknown>, name: string, min: number, max: number): number {
@@ -150,6 +155,12 @@ export function parseRunFlags(args: string[]): RunOptions | "help" {
     watchStallTimeoutMs: parseDuration(
       "watch-stall-timeout",
       String(values["watch-stall-timeout"]),
+      1000,
+      3_600_000,
+    ),
+    crdRecheckIntervalMs: parseDuration(
+      "crd-recheck-interval",
+      String(values["crd-recheck-interval"]),
       1000,
       3_600_000,
     ),
@@ -317,6 +328,7 @@ export class Agent {
       log: this.log,
       metrics: this.metrics,
       stallTimeoutMs: this.opts.watchStallTimeoutMs,
+      absentRecheckMs: this.opts.crdRecheckIntervalMs,
     });
   }
 
@@ -362,6 +374,9 @@ export class Agent {
   private refreshGauges(): void {
     const s = this.engine.stats();
     this.metrics.policies.set(s.policies);
+    for (const [tier, n] of Object.entries(this.engine.clusterPoliciesByTier())) {
+      this.metrics.clusterPolicies.set({ tier }, n);
+    }
     // Objects the engine rejected, plus those the source could not even read or recognise.
     this.metrics.invalidObjects.set(this.invalid.size + (this.source?.errors?.().length ?? 0));
   }

@@ -47,6 +47,7 @@ import type {
   Node,
   ObjectError,
   Pod,
+  Tier,
   TierRuleRef,
 } from "./types.ts";
 import type { Protocol } from "../net/protocol.ts";
@@ -763,6 +764,11 @@ export class PolicyEngine {
     if (this.nodes.delete(name)) this._generation++;
   }
 
+  /** Node `name`'s pod CIDRs (canonical text); undefined when no such Node is known. */
+  nodePodCIDRs(name: string): readonly string[] | undefined {
+    return this.nodes.podCIDRsOf(name);
+  }
+
   /** "<Kind>/<name>" of every applied cluster-scoped policy, in evaluation order per tier. */
   clusterPolicyKeys(): string[] {
     const all = [...this.clusterPolicies.values()].sort(tierOrder);
@@ -770,6 +776,13 @@ export class PolicyEngine {
       ...all.filter((p) => p.tier === "Admin"),
       ...all.filter((p) => p.tier === "Baseline"),
     ].map((p) => p.key);
+  }
+
+  /** Applied cluster-scoped policies per tier (an unknown `tier` counts as Admin, where it acts). */
+  clusterPoliciesByTier(): Record<Tier, number> {
+    const out: Record<Tier, number> = { Admin: 0, Baseline: 0 };
+    for (const p of this.clusterPolicies.values()) out[p.tier]++;
+    return out;
   }
 
   tierStats(): TierStats {

@@ -125,6 +125,8 @@ export interface Node {
   apiVersion?: string;
   kind?: "Node";
   metadata: ObjectMeta;
+  /** The node's pod CIDRs (`podCIDRs`, one per family; `podCIDR` is its first, older field). */
+  spec?: { podCIDR?: string; podCIDRs?: string[] };
   status?: { addresses?: NodeAddress[] };
 }
 
