@@ -17,6 +17,7 @@ import { API_KINDS } from "../src/k8s/kinds.ts";
 import {
   FakeApiServer,
   type FakeApiServerOptions,
+  type FakeKind,
   type KubeconfigOptions,
 } from "../e2e/fake_apiserver/server.ts";
 import { ManualClock } from "./support/manual_clock.ts";
@@ -600,34 +601,39 @@ Deno.test("failing lists are retried with doubling delays (manual clock), counte
   await withCluster({ startSource: false, clock }, async (h) => {
     h.server.failStatus = 500;
     const started = h.source.start(h.sink);
-    const listErrors = () =>
-      metricValue(h.metrics, "kube_netpol_informer_restarts_total", {
-        kind: "pods",
-        cause: "list-error",
-      });
+    // Every kind fails alike (a 500 is an outage, also for the CRD kinds: not an absent CRD), and
+    // each step waits for all of them, so no kind's restart is scheduled after time moved on.
+    const kinds = API_KINDS.map((k) => k.label as FakeKind);
+    const listErrors = (kind: string) =>
+      metricValue(h.metrics, "kube_netpol_informer_restarts_total", { kind, cause: "list-error" });
+    const lists = () => kinds.map((k) => h.server.listRequests(k).length);
     for (const [attempt, delay] of [[1, 100], [2, 200], [3, 400]] as const) {
       // The failure is seen and its restart scheduled before time moves on.
       const deadline = performance.now() + 5000;
-      while ((await listErrors()) < attempt) {
+      while ((await Promise.all(kinds.map(listErrors))).some((n) => n < attempt)) {
         if (performance.now() > deadline) throw new Error(`list error ${attempt} not counted`);
         await new Promise((r) => setTimeout(r, 5));
       }
-      const lists = h.server.listRequests("pods").length;
+      const before = lists();
       await clock.advance(delay - 1);
       assert.equal(clock.nextIn(), 1, `restart ${attempt} is due after exactly ${delay} ms`);
-      assert.equal(h.server.listRequests("pods").length, lists, "no retry before the delay");
+      assert.deepEqual(lists(), before, "no retry before the delay");
       await clock.advance(1);
-      await waitFor(`retry ${attempt}`, () => h.server.listRequests("pods").length === lists + 1);
+      await waitFor(`retry ${attempt}`, () => lists().every((n, i) => n === before[i]! + 1));
     }
     assert.equal(h.source.synced(), false);
     assert.match(h.source.health().detail, /HTTP 500/);
-    h.server.failStatus = 0;
-    // Every kind's fourth restart is scheduled before time moves on (CRD kinds fail alike: a 500
-    // is an outage, not an absent CRD).
-    await waitFor(
-      "list error 4 counted for every kind",
-      () => (h.source.health().detail.match(/attempt 4\b/g) ?? []).length === API_KINDS.length,
+    const fourth = performance.now() + 5000;
+    while ((await Promise.all(kinds.map(listErrors))).some((n) => n < 4)) {
+      if (performance.now() > fourth) throw new Error("list error 4 not counted");
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    assert.equal(
+      (h.source.health().detail.match(/attempt 4\b/g) ?? []).length,
+      API_KINDS.length,
+      "every kind restarting",
     );
+    h.server.failStatus = 0;
     await clock.advance(800); // the fourth delay; now the lists succeed
     await started;
     assert.equal(h.source.synced(), true);

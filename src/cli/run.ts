@@ -398,7 +398,8 @@ export class Agent {
     if (!health.ok) return { ok: false, detail: health.detail };
     const rules = this.rules?.health() ?? { ok: false, detail: "rules not installed" };
     if (!rules.ok) return rules;
-    return { ok: true, detail: "ok" };
+    // `/readyz?verbose` shows it: which kinds are watched, and which are not served (no CRD).
+    return { ok: true, detail: health.detail };
   }
 
   /** Idempotent: stop taking packets, settle the rules per --fail-open, close the server. */
