@@ -479,3 +479,24 @@ Deno.test("the informers watch every kind the manifests read, at the API paths o
     ].sort(),
   );
 });
+
+Deno.test("engine Node index: pod CIDRs from spec.podCIDRs, else spec.podCIDR; bad ones reported", () => {
+  const e = new PolicyEngine();
+  const node = (name: string, spec: Record<string, unknown>) => ({
+    metadata: { name },
+    spec,
+    status: { addresses: [{ type: "InternalIP", address: "10.1.0.1" }] },
+  });
+  assert.deepEqual(e.upsertNode(node("a", { podCIDRs: ["10.2.0.5/24", "fd00:2::/64"] })), []);
+  assert.deepEqual(e.nodePodCIDRs("a"), ["10.2.0.0/24", "fd00:2::/64"], "canonical, in order");
+  assert.deepEqual(e.upsertNode(node("b", { podCIDR: "10.3.0.0/16" })), []);
+  assert.deepEqual(e.nodePodCIDRs("b"), ["10.3.0.0/16"], "the older single field");
+  assert.deepEqual(e.upsertNode(node("c", {})), []);
+  assert.deepEqual(e.nodePodCIDRs("c"), []);
+  assert.equal(e.nodePodCIDRs("nowhere"), undefined);
+  const errors = e.upsertNode(node("d", { podCIDRs: ["10.4.0.0/16", "10.5.0.0/33"] }));
+  assert.deepEqual(errors.map((x) => [x.object, x.field]), [["Node d", "spec.podCIDRs[1]"]]);
+  assert.deepEqual(e.nodePodCIDRs("d"), ["10.4.0.0/16"], "the good one kept");
+  e.deleteNode("a");
+  assert.equal(e.nodePodCIDRs("a"), undefined);
+});

@@ -183,6 +183,19 @@ export class LabCaseRunner {
     await Promise.all(this.agents.map((a) => a.waitEnforced(keys, 20_000, clusterKeys)));
     this.inForce = new Set([...keys, ...clusterKeys]);
     this.inForceContent = content;
+    await this.forgetFlows();
+  }
+
+  /**
+   * Empty every node's conntrack table. Policies govern new connections; the kernel keeps the
+   * flows of earlier cases (a UDP flow for up to 2 minutes), and a probe whose new socket happens
+   * to get the source port of such a flow would pass as that flow, unjudged.
+   */
+  private async forgetFlows(): Promise<void> {
+    await Promise.all(this.lab.nodes.map(async (n) => {
+      const r = await this.lab.exec(n.netns, ["conntrack", "-F"], { timeoutMs: 10_000 });
+      if (r.code !== 0) throw new Error(`conntrack -F in ${n.netns}: ${r.stderr.trim()}`);
+    }));
   }
 
   /** The address a probe endpoint ("ns/pod" or `node`) is reached at, and the netns it runs in. */

@@ -313,8 +313,8 @@ class KindInformer {
     if (status === 403 && !this.synced) {
       // Enforce everything else meanwhile; readiness names the missing permission (health()).
       this.opts.log.warn(
-        "not allowed to list this kind: its cluster policies are not enforced until the " +
-          "ClusterRole grants list and watch (see install.yaml)",
+        "not allowed to list this kind: what needs it (cluster policies, nodes peers) is not " +
+          "enforced until the ClusterRole grants list and watch (see install.yaml)",
         { kind: this.spec.label, error: describeError(err) },
       );
       this.markSynced();
