@@ -254,4 +254,22 @@ export class AgentMetrics {
       }
     },
   });
+
+  // --- the cluster-scoped tiers (network-policy-api) ---
+  readonly apiKindServed = new Gauge({
+    name: "kube_netpol_api_kind_served",
+    help:
+      "For the kinds a cluster may not serve (the network-policy-api CRDs, nodes): 1 when the " +
+      "API server lists it, 0 when it answers 404 (CRD not installed; looked for again " +
+      "periodically, and kube_netpol_informer_up has no series for it meanwhile)",
+    labelNames: ["kind"] as const,
+    registers: [this.registry],
+  });
+  readonly clusterPolicies = new Gauge({
+    name: "kube_netpol_cluster_policies",
+    help: "Cluster-scoped policies enforced (ClusterNetworkPolicy, AdminNetworkPolicy, " +
+      "BaselineAdminNetworkPolicy), by tier (Admin, Baseline)",
+    labelNames: ["tier"] as const,
+    registers: [this.registry],
+  });
 }

@@ -87,3 +87,9 @@ Deno.test("run flags: strict mode is on by default, with its own ct mark bit", (
   assert.throws(() => opts("--cut-mark", "0"), /--cut-mark must be an integer from 1/);
   assert.throws(() => opts("--strict-mode=sometimes"), /--strict-mode takes true or false/);
 });
+
+Deno.test("run flags: a missing policy CRD is looked for again every --crd-recheck-interval", () => {
+  assert.equal(opts().crdRecheckIntervalMs, 30_000);
+  assert.equal(opts("--crd-recheck-interval=1m").crdRecheckIntervalMs, 60_000);
+  assert.throws(() => opts("--crd-recheck-interval=100ms"), /between 1s and 3600s/);
+});

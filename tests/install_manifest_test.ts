@@ -7,6 +7,7 @@ import { parseAllDocuments } from "yaml";
 import { ARCHES, candidatePaths, ffiPaths, NFQ_SONAME } from "../ffi/library.ts";
 import { agentDenoFlags, imagePermissions, SERVICE_ACCOUNT_DIR } from "../src/cli/permissions.ts";
 import { compileArgs, DENO_TARGETS, targetArch } from "../scripts/compile.ts";
+import { API_KINDS } from "../src/k8s/kinds.ts";
 
 const root = new URL("../", import.meta.url).pathname;
 // deno-lint-ignore no-explicit-any
@@ -16,7 +17,7 @@ const docs: Obj[] = parseAllDocuments(await Deno.readTextFile(`${root}install.ya
 );
 const byKind = (kind: string) => docs.filter((d) => d?.kind === kind);
 
-Deno.test("install.yaml: RBAC is list/watch on pods, namespaces and networkpolicies only", () => {
+Deno.test("install.yaml: RBAC is list/watch on the kinds the informers watch, nothing more", () => {
   const [role] = byKind("ClusterRole");
   const granted = role.rules.flatMap((r: Obj) =>
     r.resources.flatMap((res: string) =>
@@ -25,9 +26,19 @@ Deno.test("install.yaml: RBAC is list/watch on pods, namespaces and networkpolic
   ).sort();
   assert.deepEqual(granted, [
     "/namespaces:list,watch",
+    "/nodes:list,watch",
     "/pods:list,watch",
     "networking.k8s.io/networkpolicies:list,watch",
+    "policy.networking.k8s.io/adminnetworkpolicies:list,watch",
+    "policy.networking.k8s.io/baselineadminnetworkpolicies:list,watch",
+    "policy.networking.k8s.io/clusternetworkpolicies:list,watch",
   ]);
+  // Exactly what the informers ask for (src/k8s/kinds.ts): a kind added there needs its grant.
+  const watched = API_KINDS.map((k) => {
+    const group = k.path.startsWith("/api/") ? "" : k.path.split("/")[2];
+    return `${group}/${k.label}:list,watch`;
+  }).sort();
+  assert.deepEqual(granted, watched);
   assert.equal(byKind("Role").length, 0);
   const [binding] = byKind("ClusterRoleBinding");
   assert.equal(binding.roleRef.name, role.metadata.name);

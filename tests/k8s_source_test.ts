@@ -13,9 +13,11 @@ import type { ObjectError } from "../src/policy/types.ts";
 import { applyEvent } from "../src/state/apply.ts";
 import type { StateEvent } from "../src/state/events.ts";
 import { createKubernetesSource, type KubernetesSourceOptions } from "../src/k8s/source.ts";
+import { API_KINDS } from "../src/k8s/kinds.ts";
 import {
   FakeApiServer,
   type FakeApiServerOptions,
+  type FakeKind,
   type KubeconfigOptions,
 } from "../e2e/fake_apiserver/server.ts";
 import { ManualClock } from "./support/manual_clock.ts";
@@ -47,6 +49,12 @@ function policy(namespace: string, name: string, spec: Record<string, unknown>) 
     spec,
   };
 }
+
+/**
+ * Watches the agent keeps open on a cluster without the network-policy-api CRDs: namespaces, pods,
+ * networkpolicies and nodes (the CRD kinds are answered 404 and looked for again later).
+ */
+const WATCHED = 4;
 
 const WEB_IP = "10.0.0.2";
 const CLIENT_IP = "10.0.1.2";
@@ -168,7 +176,7 @@ async function metricValue(
 
 // ------------------------------------------------------------------ tests
 
-Deno.test("initial list: synced only after all three kinds, verdicts follow the cluster", async () => {
+Deno.test("initial list: synced only after every kind, verdicts follow the cluster", async () => {
   await withCluster({}, async (h) => {
     assert.equal(h.source.synced(), true);
     assert.deepEqual(h.errors, []);
@@ -192,7 +200,7 @@ Deno.test("not synced until the last kind's list is delivered; watches ask for b
     await started;
     assert.equal(h.source.synced(), true);
     assert.equal(h.verdict(OTHER_IP, WEB_IP), "deny");
-    await waitFor("three watches", () => h.server.openWatches() === 3);
+    await waitFor("every served kind watched", () => h.server.openWatches() === WATCHED);
     for (const kind of ["pods", "namespaces", "networkpolicies"] as const) {
       const q = h.server.watchRequests(kind)[0]!.query;
       assert.equal(q.get("allowWatchBookmarks"), "true");
@@ -204,7 +212,7 @@ Deno.test("not synced until the last kind's list is delivered; watches ask for b
 
 Deno.test("add, update and delete arrive in order and change verdicts", async () => {
   await withCluster({}, async (h) => {
-    await waitFor("watches open", () => h.server.openWatches() === 3);
+    await waitFor("watches open", () => h.server.openWatches() === WATCHED);
     // Relabel team-c as team b: its pod becomes an allowed client.
     h.server.apply("namespaces", ns("team-c", { team: "b" }));
     const ms = await waitFor("namespace relabel", () => h.verdict(OTHER_IP, WEB_IP) === "allow");
@@ -240,7 +248,7 @@ Deno.test("add, update and delete arrive in order and change verdicts", async ()
 
 Deno.test("410 Gone: relist delivers deletes for objects that vanished unseen", async () => {
   await withCluster({}, async (h) => {
-    await waitFor("watches open", () => h.server.openWatches() === 3);
+    await waitFor("watches open", () => h.server.openWatches() === WATCHED);
     h.server.deleteUnseen("pods", "team-b", "client");
     h.server.deleteUnseen("networkpolicies", "prod", "allow-team-b");
     h.server.compact();
@@ -253,7 +261,7 @@ Deno.test("410 Gone: relist delivers deletes for objects that vanished unseen", 
     // prod/web is no longer isolated: everyone may connect.
     assert.equal(h.verdict(OTHER_IP, WEB_IP), "allow");
     // A 410 is not an outage: no restart counted, watching again.
-    await waitFor("watches reopened", () => h.server.openWatches() === 3);
+    await waitFor("watches reopened", () => h.server.openWatches() === WATCHED);
     assert.equal(h.source.health().ok, true);
     h.server.apply(
       "networkpolicies",
@@ -265,11 +273,11 @@ Deno.test("410 Gone: relist delivers deletes for objects that vanished unseen", 
 
 Deno.test("abruptly cut watches: informer restarts, counts it, and later changes arrive", async () => {
   await withCluster({}, async (h) => {
-    await waitFor("watches open", () => h.server.openWatches() === 3);
+    await waitFor("watches open", () => h.server.openWatches() === WATCHED);
     const t0 = performance.now();
-    assert.equal(h.server.cutWatches(), 3);
+    assert.equal(h.server.cutWatches(), WATCHED);
     await waitFor("restart counted", () => h.logs.some((l) => l.includes("informer stopped")));
-    await waitFor("watches reopened", () => h.server.openWatches() === 3);
+    await waitFor("watches reopened", () => h.server.openWatches() === WATCHED);
     await waitFor("healthy again", () => h.source.health().ok);
     const recoveredMs = performance.now() - t0;
     assert.ok(
@@ -289,11 +297,11 @@ Deno.test("abruptly cut watches: informer restarts, counts it, and later changes
 
 Deno.test("cleanly ended watches resume from the last version without a restart", async () => {
   await withCluster({}, async (h) => {
-    await waitFor("watches open", () => h.server.openWatches() === 3);
+    await waitFor("watches open", () => h.server.openWatches() === WATCHED);
     h.server.endWatches();
     h.server.apply("namespaces", ns("team-c", { team: "b" }));
     await waitFor("change after clean end", () => h.verdict(OTHER_IP, WEB_IP) === "allow");
-    await waitFor("watches reopened", () => h.server.openWatches() === 3);
+    await waitFor("watches reopened", () => h.server.openWatches() === WATCHED);
     assert.equal(h.server.listRequests("namespaces").length, 1);
     assert.equal(
       await metricValue(h.metrics, "kube_netpol_informer_restarts_total", {
@@ -307,7 +315,7 @@ Deno.test("cleanly ended watches resume from the last version without a restart"
 
 Deno.test("API outage keeps the last state, reports unhealthy, and recovers", async () => {
   await withCluster({}, async (h) => {
-    await waitFor("watches open", () => h.server.openWatches() === 3);
+    await waitFor("watches open", () => h.server.openWatches() === WATCHED);
     const eventsBefore = h.events.length;
     h.server.failStatus = 503;
     h.server.cutWatches();
@@ -364,7 +372,7 @@ async function ages(h: Harness): Promise<Record<string, number>> {
 async function bookmark(
   h: Harness,
   clock: ManualClock,
-  ...kinds: Array<"pods" | "namespaces" | "networkpolicies">
+  ...kinds: Array<"pods" | "namespaces" | "networkpolicies" | "nodes">
 ) {
   await clock.advance(1);
   for (const k of kinds) assert.equal(h.server.bookmark(k), 1, `one ${k} watch bookmarked`);
@@ -377,12 +385,12 @@ async function bookmark(
   }
 }
 
-const ALL_KINDS = ["pods", "namespaces", "networkpolicies"] as const;
+const ALL_KINDS = ["pods", "namespaces", "networkpolicies", "nodes"] as const;
 
 Deno.test("bookmarks keep a quiet watch alive: no stall while they come (manual clock)", async () => {
   const clock = new ManualClock();
   await withCluster({ clock }, async (h) => {
-    await waitFor("watches open", () => h.server.openWatches() === 3);
+    await waitFor("watches open", () => h.server.openWatches() === WATCHED);
     for (let i = 0; i < 4; i++) {
       // 60 s between bookmarks, as the API server sends them: below the 75 s stall timeout.
       await clock.advance(60_000 - 1);
@@ -410,11 +418,11 @@ Deno.test("bookmarks keep a quiet watch alive: no stall while they come (manual 
 Deno.test("a hung watch (no event, no bookmark) fails /readyz by name and is re-opened", async () => {
   const clock = new ManualClock();
   await withCluster({ clock }, async (h) => {
-    await waitFor("watches open", () => h.server.openWatches() === 3);
+    await waitFor("watches open", () => h.server.openWatches() === WATCHED);
     await bookmark(h, clock, ...ALL_KINDS); // this server sends bookmarks
     h.server.stallWatches("namespaces"); // connected, but nothing more will come
     await clock.advance(40_000);
-    await bookmark(h, clock, "pods", "networkpolicies");
+    await bookmark(h, clock, "pods", "networkpolicies", "nodes");
     await clock.advance(34_000 - 1); // 74 s of silence: still within the bookmark interval + slack
     assert.equal(h.source.health().ok, true);
     assert.equal(
@@ -457,7 +465,7 @@ Deno.test("a hung watch (no event, no bookmark) fails /readyz by name and is re-
     h.server.stallWatches("namespaces");
     h.server.apply("namespaces", ns("team-c", { team: "b" }));
     await clock.advance(40_000);
-    await bookmark(h, clock, "pods", "networkpolicies");
+    await bookmark(h, clock, "pods", "networkpolicies", "nodes");
     await clock.advance(34_000 - 1);
     assert.equal(h.verdict(OTHER_IP, WEB_IP), "deny", "lost on the hung stream so far");
     await clock.advance(2_000);
@@ -469,7 +477,7 @@ Deno.test("a hung watch (no event, no bookmark) fails /readyz by name and is re-
 Deno.test("a server that sends no bookmarks: quiet watches are re-opened, /readyz stays ok", async () => {
   const clock = new ManualClock();
   await withCluster({ clock, stallTimeoutMs: 75_000 }, async (h) => {
-    await waitFor("watches open", () => h.server.openWatches() === 3);
+    await waitFor("watches open", () => h.server.openWatches() === WATCHED);
     h.server.stallWatches("namespaces");
     h.server.apply("namespaces", ns("team-c", { team: "b" })); // lost on the dead stream
     await clock.advance(74_000);
@@ -533,7 +541,7 @@ Deno.test("401: a rotated service-account token is re-read at once, not after a 
       server.requiredToken = "token-1";
     },
   }, async (h) => {
-    await waitFor("watches open", () => h.server.openWatches() === 3);
+    await waitFor("watches open", () => h.server.openWatches() === WATCHED);
     assert.ok(h.server.requests.every((r) => r.authorization === "Bearer token-1"));
     // kubelet rotates the bound token; the API server stops accepting the old one.
     await Deno.writeTextFile(tokenPath, "token-2\n");
@@ -560,9 +568,15 @@ Deno.test("401: a rotated service-account token is re-read at once, not after a 
 
 Deno.test("stop() during a slow list returns promptly and delivers nothing afterwards", async () => {
   await withCluster({ startSource: false }, async (h) => {
-    h.server.listDelayMs = { pods: 500, namespaces: 500, networkpolicies: 500 };
+    h.server.listDelayMs = { pods: 500, namespaces: 500, networkpolicies: 500, nodes: 500 };
     const started = h.source.start(h.sink);
-    await waitFor("lists requested", () => h.server.requests.length === 3);
+    await waitFor(
+      "lists requested",
+      () =>
+        (["pods", "namespaces", "networkpolicies", "nodes"] as const).every((k) =>
+          h.server.listRequests(k).length === 1
+        ),
+    );
     const t0 = performance.now();
     await h.source.stop();
     await started; // start() resolves on stop even though nothing synced
@@ -576,7 +590,7 @@ Deno.test("stop() during a slow list returns promptly and delivers nothing after
 
 Deno.test("every request carries the kubeconfig's credentials", async () => {
   await withCluster({}, async (h) => {
-    await waitFor("watches open", () => h.server.openWatches() === 3);
+    await waitFor("watches open", () => h.server.openWatches() === WATCHED);
     assert.ok(h.server.requests.length >= 6);
     for (const r of h.server.requests) assert.equal(r.authorization, "Bearer fake-token");
   });
@@ -587,29 +601,39 @@ Deno.test("failing lists are retried with doubling delays (manual clock), counte
   await withCluster({ startSource: false, clock }, async (h) => {
     h.server.failStatus = 500;
     const started = h.source.start(h.sink);
-    const listErrors = () =>
-      metricValue(h.metrics, "kube_netpol_informer_restarts_total", {
-        kind: "pods",
-        cause: "list-error",
-      });
+    // Every kind fails alike (a 500 is an outage, also for the CRD kinds: not an absent CRD), and
+    // each step waits for all of them, so no kind's restart is scheduled after time moved on.
+    const kinds = API_KINDS.map((k) => k.label as FakeKind);
+    const listErrors = (kind: string) =>
+      metricValue(h.metrics, "kube_netpol_informer_restarts_total", { kind, cause: "list-error" });
+    const lists = () => kinds.map((k) => h.server.listRequests(k).length);
     for (const [attempt, delay] of [[1, 100], [2, 200], [3, 400]] as const) {
       // The failure is seen and its restart scheduled before time moves on.
       const deadline = performance.now() + 5000;
-      while ((await listErrors()) < attempt) {
+      while ((await Promise.all(kinds.map(listErrors))).some((n) => n < attempt)) {
         if (performance.now() > deadline) throw new Error(`list error ${attempt} not counted`);
         await new Promise((r) => setTimeout(r, 5));
       }
-      const lists = h.server.listRequests("pods").length;
+      const before = lists();
       await clock.advance(delay - 1);
       assert.equal(clock.nextIn(), 1, `restart ${attempt} is due after exactly ${delay} ms`);
-      assert.equal(h.server.listRequests("pods").length, lists, "no retry before the delay");
+      assert.deepEqual(lists(), before, "no retry before the delay");
       await clock.advance(1);
-      await waitFor(`retry ${attempt}`, () => h.server.listRequests("pods").length === lists + 1);
+      await waitFor(`retry ${attempt}`, () => lists().every((n, i) => n === before[i]! + 1));
     }
     assert.equal(h.source.synced(), false);
     assert.match(h.source.health().detail, /HTTP 500/);
+    const fourth = performance.now() + 5000;
+    while ((await Promise.all(kinds.map(listErrors))).some((n) => n < 4)) {
+      if (performance.now() > fourth) throw new Error("list error 4 not counted");
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    assert.equal(
+      (h.source.health().detail.match(/attempt 4\b/g) ?? []).length,
+      API_KINDS.length,
+      "every kind restarting",
+    );
     h.server.failStatus = 0;
-    await waitFor("list error 4 counted", () => /attempt 4/.test(h.source.health().detail));
     await clock.advance(800); // the fourth delay; now the lists succeed
     await started;
     assert.equal(h.source.synced(), true);
@@ -637,7 +661,7 @@ Deno.test({
     // No bookmarks from this server: nothing flows for 65 s. client-node's own Watch would have
     // aborted it at 30 s and, under Deno, never called back.
     await withCluster({}, async (h) => {
-      await waitFor("watches open", () => h.server.openWatches() === 3);
+      await waitFor("watches open", () => h.server.openWatches() === WATCHED);
       await new Promise((r) => setTimeout(r, 65_000));
       h.server.apply("namespaces", ns("team-c", { team: "b" }));
       const ms = await waitFor("change after 65 s", () => h.verdict(OTHER_IP, WEB_IP) === "allow");

@@ -27,7 +27,16 @@ const manifests = {
 };
 const ip4 = (pod: string) => `10.9.${MODEL_PODS.indexOf(pod)}.5`;
 const ip6 = (pod: string) => `fd00:9::${MODEL_PODS.indexOf(pod) + 1}`;
-const podAt = new Map(MODEL_PODS.flatMap((p) => [[ip4(p), p], [ip6(p), p]]));
+/** The first worker's addresses: the `node` endpoint (its hostNetwork pod's podIPs). */
+const NODE_IP4 = "172.18.0.3";
+const NODE_IP6 = "fc00:f853:ccd:e793::3";
+const podAt = new Map<string, string>([
+  ...MODEL_PODS.flatMap((p): [string, string][] => [[ip4(p), p], [ip6(p), p]]),
+  [NODE_IP4, "node"],
+  [NODE_IP6, "node"],
+]);
+const CLUSTER_KINDS =
+  /^kind: (ClusterNetworkPolicy|AdminNetworkPolicy|BaselineAdminNetworkPolicy)$/m;
 
 // deno-lint-ignore no-explicit-any
 type Obj = any;
@@ -54,10 +63,18 @@ class FakeCluster implements Executor {
   constructor(private readonly known: ConnectivityCase[], private readonly tamper?: Tamper) {}
 
   private allowedByCase(from: string, to: string, port: number, protocol: string): boolean {
-    const e = this.active?.expect.find((e) =>
-      e.protocol === protocol.toUpperCase() && e.port === port
-    );
-    const allowed = e ? e.matrix.get(from)?.get(to) === "allow" : true;
+    let allowed = true;
+    if (from === "node" || to === "node") {
+      const p = this.active?.probes.find((p) =>
+        p.from === from && p.to === to && p.port === port && p.protocol === protocol.toUpperCase()
+      );
+      allowed = p ? p.expect === "allow" : true;
+    } else {
+      const e = this.active?.expect.find((e) =>
+        e.protocol === protocol.toUpperCase() && e.port === port
+      );
+      allowed = e ? e.matrix.get(from)?.get(to) === "allow" : true;
+    }
     return this.tamper ? this.tamper(from, to, port, allowed) : allowed;
   }
 
@@ -86,11 +103,24 @@ class FakeCluster implements Executor {
     if (cmd.includes("delete") && opts.stdin?.includes("name: kube-netpol\n")) {
       this.agent = this.failClosed ? "rules-kept" : "none";
     }
-    if (cmd.includes("apply") && opts.stdin?.includes("kind: NetworkPolicy")) {
-      const names = parseAllDocuments(opts.stdin).map((d) => d.toJS()?.metadata?.name);
-      this.active = this.known.find((c) => c.policies.some((p) => names.includes(p.metadata.name)));
+    const applied = opts.stdin ?? "";
+    if (
+      cmd.includes("apply") &&
+      (applied.includes("kind: NetworkPolicy\n") || CLUSTER_KINDS.test(applied))
+    ) {
+      const names = parseAllDocuments(applied).map((d) => d.toJS()?.metadata?.name);
+      this.active = this.known.find((c) =>
+        [...c.policies, ...c.clusterPolicies].some((p) => names.includes(p.metadata.name))
+      );
     }
     if (line.includes("delete networkpolicy --all")) this.active = undefined;
+    if (cmd.includes("delete") && line.includes(".policy.networking.k8s.io ")) {
+      this.active = undefined;
+    }
+    if (line.endsWith("-n knp-e2e-node get pod node -o json")) {
+      const podIPs = this.families.map((f) => ({ ip: f === 4 ? NODE_IP4 : NODE_IP6 }));
+      return answer(0, JSON.stringify({ status: { podIP: podIPs[0]!.ip, podIPs } }));
+    }
     if (cmd[0] === "docker" && cmd[1] === "run") {
       const node = cmd.find((a) => a.startsWith("--network=container:"))!.split(":")[1]!;
       const rules = this.rulesOn(node);
@@ -130,7 +160,8 @@ class FakeCluster implements Executor {
         : hostPort.split(":")[0]!;
       const port = Number(hostPort.slice(hostPort.lastIndexOf(":") + 1));
       const protocol = cmd.find((a) => a.startsWith("--protocol="))!.split("=")[1]!;
-      const from = `${cmd[cmd.indexOf("-n") + 1]}/${cmd[cmd.indexOf("-n") + 2]}`;
+      const ns = cmd[cmd.indexOf("-n") + 1];
+      const from = ns === "knp-e2e-node" ? "node" : `${ns}/${cmd[cmd.indexOf("-n") + 2]}`;
       const to = podAt.get(ip)!;
       let ok: boolean;
       if (this.agent === "running" && !this.failClosed) {
@@ -494,4 +525,87 @@ Deno.test("kind driver: the model serves SCTP only when a selected case probes i
     "SERVE_UDP_PORT_81",
   ]);
   assert.ok((await envNames([byName("sctp-port")])).includes("SERVE_SCTP_PORT_80"));
+});
+
+const tierCases = await loadCases(`${root}e2e/cases/tiers`);
+const tierByName = (n: string) => tierCases.find((c) => c.name === n)!;
+
+Deno.test("kind driver: a tier case installs the CRDs while the agent runs, then applies, probes the node and deletes", async () => {
+  const nodes = tierByName("tier-egress-nodes-peers");
+  const fake = new FakeCluster([named, nodes]);
+  const sleeps: number[] = [];
+  const results = await driver(fake, [], {
+    keep: true,
+    sleep: (ms) => {
+      sleeps.push(ms);
+      return Promise.resolve();
+    },
+  }).runAll([tcpOnly(named), nodes], manifests);
+  assert.deepEqual(results.map((r) => [r.name, r.pass]), [
+    ["named-port", true],
+    ["tier-egress-nodes-peers", true],
+  ]);
+  const plan = fake.plan();
+  const at = (s: string) => plan.findIndex((l) => l.startsWith(s));
+  const crds = plan.filter((l) => l.startsWith(`${K} apply --server-side -f https://`));
+  assert.deepEqual(crds.map((l) => l.split("/").at(-1)), [
+    "policy.networking.k8s.io_clusternetworkpolicies.yaml",
+    "policy.networking.k8s.io_adminnetworkpolicies.yaml",
+    "policy.networking.k8s.io_baselineadminnetworkpolicies.yaml",
+  ]);
+  // A cluster without the CRDs first: the agent and the NetworkPolicy case; then the CRDs, and
+  // the agent's recheck interval waited out before the first cluster policy.
+  assert.ok(at(`${K} -n kube-system rollout status daemonset/kube-netpol`) < at(crds[0]!));
+  assert.ok(at(`${K} -n x delete networkpolicy --all`) < at(crds[0]!), "after the NP case");
+  assert.equal(
+    plan[at(crds[0]!) + 3],
+    `${K} wait --for=condition=Established --timeout=60s ` +
+      "crd/clusternetworkpolicies.policy.networking.k8s.io " +
+      "crd/adminnetworkpolicies.policy.networking.k8s.io " +
+      "crd/baselineadminnetworkpolicies.policy.networking.k8s.io",
+  );
+  assert.ok(sleeps.includes(40_000), `waited out the 30 s recheck: ${sleeps}`);
+  assert.equal(
+    plan.at(-1),
+    `${K} delete clusternetworkpolicies.policy.networking.k8s.io x-to-nodes --ignore-not-found ` +
+      "--wait=true",
+  );
+  // The cluster policy as the case wrote it; the node pod: hostNetwork on the first worker.
+  const applied = fake.applied();
+  assert.deepEqual(applied.at(-1)!.map((o) => [o.kind, o.metadata.name]), [
+    ["ClusterNetworkPolicy", "x-to-nodes"],
+  ]);
+  const nodePod = applied[1]!.find((o) => o.kind === "Pod" && o.metadata.name === "node");
+  assert.equal(nodePod.metadata.namespace, "knp-e2e-node");
+  assert.equal(nodePod.spec.hostNetwork, true);
+  assert.deepEqual(nodePod.spec.nodeSelector, { "kubernetes.io/hostname": "t-worker" });
+  // The node probes: to the node's address from the pods, from the node pod to x/a.
+  const probes = fake.probes().map((p) => p.join(" "));
+  assert.ok(probes.includes(
+    `${K} exec -n x a -c server -- /agnhost connect ${NODE_IP4}:81 --timeout=1s --protocol=tcp`,
+  ));
+  assert.ok(probes.includes(
+    `${K} exec -n knp-e2e-node node -c server -- /agnhost connect ${ip4("x/a")}:81 ` +
+      "--timeout=1s --protocol=udp",
+  ));
+});
+
+Deno.test("kind driver: a node probe that differs fails the case, named", async () => {
+  const nodes = tierByName("tier-egress-nodes-peers");
+  const fake = new FakeCluster(
+    [nodes],
+    (f, t, p, ok) => (f === "x/a" && t === "node" && p === 81 ? !ok : ok),
+  );
+  const [r] = await driver(fake, [], { keep: true }).runAll([nodes], manifests);
+  assert.equal(r!.pass, false);
+  assert.deepEqual(r!.diffs, [
+    "probe x/a -> node TCP/81: expected deny, observed allow",
+  ]);
+});
+
+Deno.test("kind driver: NetworkPolicy-only runs need no CRD and no node pod", async () => {
+  const fake = new FakeCluster([named]);
+  await driver(fake, [], { keep: true }).runAll([tcpOnly(named)], manifests);
+  assert.ok(!fake.plan().some((l) => l.includes("policy.networking.k8s.io")));
+  assert.ok(!fake.applied()[1]!.some((o) => o.metadata.namespace === "knp-e2e-node"));
 });

@@ -6,7 +6,15 @@
 import assert from "node:assert/strict";
 import { type ConnectivityCase, loadCases } from "../e2e/cases/format.ts";
 import { ArgsError, parseKindArgs } from "../e2e/kind/args.ts";
-import { planCase, PlanError, policiesFor, selectCases } from "../e2e/kind/plan.ts";
+import {
+  clusterPoliciesFor,
+  planCase,
+  PlanError,
+  policiesFor,
+  selectCases,
+} from "../e2e/kind/plan.ts";
+import { NETWORK_POLICY_API_CRDS } from "../e2e/kind/versions.ts";
+import { API_KINDS, POLICY_GROUP } from "../src/k8s/kinds.ts";
 
 const root = new URL("../", import.meta.url).pathname;
 const cases = await loadCases(`${root}e2e/cases`);
@@ -119,4 +127,54 @@ Deno.test("e2e plan: a pod's /32 is that pod's single address in either family",
   assert.deepEqual(cidrs(6), ["fd00::3/128", "fd00::3/128"]);
   // The case file itself is not changed.
   assert.match(JSON.stringify(byName("ipblock-pod-ips").policies), /\{\{ip y\/a\}\}\/32/);
+});
+
+const tierCases = await loadCases(`${root}e2e/cases/tiers`);
+const tier = (n: string) => tierCases.find((c) => c.name === n)!;
+
+Deno.test("e2e plan: cluster policy networks cover the families they list", () => {
+  // 0.0.0.0/0 and ::/0 in one peer: both families.
+  assert.deepEqual(planCase(tier("conformance-admin-egress-cidr"), [4, 6]), {
+    resolveIn: 4,
+    probeIn: [4, 6],
+    skipped: [],
+  });
+  // 0.0.0.0/0 alone: IPv4 only, and it says why.
+  assert.deepEqual(planCase(tier("tier-egress-networks-cover-pods"), [4, 6]), {
+    resolveIn: 4,
+    probeIn: [4],
+    skipped: ["IPv6: networks 0.0.0.0/0 is an IPv4 range"],
+  });
+  assert.deepEqual(planCase(tier("tier-egress-networks-cover-pods"), [6]).probeIn, []);
+  // Pod addresses: one family, /32 -> /128 in IPv6.
+  const podIps = tier("conformance-admin-egress-cidr-pod-ips");
+  assert.deepEqual(planCase(podIps, [4, 6]), {
+    resolveIn: 4,
+    probeIn: [4],
+    skipped: ["IPv6: networks name pod addresses, filled in IPv4"],
+  });
+  const ipOf = (
+    pod: string,
+    f: 4 | 6,
+  ) => (f === 4 ? `10.0.0.${pod.length}` : `fd00::${pod.length}`);
+  const networks = clusterPoliciesFor(podIps, 6, ipOf).flatMap((p) =>
+    (p.spec.egress ?? []).flatMap((r) => r.to.flatMap((peer) => peer.networks ?? []))
+  );
+  assert.ok(networks.includes("fd00::3/128"), JSON.stringify(networks));
+  // Cases without address peers run everywhere.
+  assert.deepEqual(planCase(tier("tier-egress-nodes-peers"), [4, 6]).probeIn, [4, 6]);
+});
+
+Deno.test("e2e CRDs: the three kinds the agent watches, at pinned commits, experimental channel", () => {
+  const watched = API_KINDS.filter((k) => k.path.includes(`/${POLICY_GROUP}/`)).map((k) =>
+    `${k.label}.${POLICY_GROUP}`
+  );
+  assert.deepEqual(NETWORK_POLICY_API_CRDS.map((c) => c.name), watched);
+  for (const c of NETWORK_POLICY_API_CRDS) {
+    assert.match(
+      c.url,
+      /^https:\/\/raw\.githubusercontent\.com\/kubernetes-sigs\/network-policy-api\/[0-9a-f]{40}\/config\/crd\/experimental\/policy\.networking\.k8s\.io_[a-z]+\.yaml$/,
+    );
+    assert.ok(c.url.endsWith(`_${c.name.split(".")[0]}.yaml`));
+  }
 });

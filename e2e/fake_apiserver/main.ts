@@ -4,6 +4,7 @@
  * JSON command per stdin line and answers `ok` (or `error <message>`) per line:
  *   {"op":"apply","kind":"pods","object":{...}}   {"op":"delete","kind":..,"namespace":..,"name":..}
  *   {"op":"cut"}   (drop every watch connection abruptly)
+ *   {"op":"install","kind":"clusternetworkpolicies"}   {"op":"uninstall","kind":..}   (a CRD)
  */
 import { FakeApiServer, type FakeKind } from "./server.ts";
 
@@ -27,6 +28,8 @@ for await (const chunk of Deno.stdin.readable.pipeThrough(new TextDecoderStream(
       if (cmd.op === "apply") server.apply(cmd.kind as FakeKind, cmd.object);
       else if (cmd.op === "delete") server.delete(cmd.kind as FakeKind, cmd.namespace, cmd.name);
       else if (cmd.op === "cut") server.cutWatches();
+      else if (cmd.op === "install") server.installKind(cmd.kind as FakeKind);
+      else if (cmd.op === "uninstall") server.uninstallKind(cmd.kind as FakeKind);
       else throw new Error(`unknown op ${cmd.op}`);
       say("ok");
     } catch (e) {

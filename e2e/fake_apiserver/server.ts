@@ -1,6 +1,8 @@
 /**
- * A small fake Kubernetes API server for tests: the real list/watch protocol for pods, namespaces
- * and networkpolicies on 127.0.0.1, with controls for the failures an informer must survive.
+ * A small fake Kubernetes API server for tests: the real list/watch protocol for pods, namespaces,
+ * networkpolicies, nodes and the network-policy-api kinds on 127.0.0.1, with controls for the
+ * failures an informer must survive. The network-policy-api kinds are CRDs: not served (404, as a
+ * cluster without them answers) until `installKind`, and `uninstallKind` removes them again.
  *
  * It speaks HTTP/1.1 by hand over a TCP listener (not Deno.serve) so that tests control the
  * socket: a watch can be cut mid-stream (FIN with no terminating chunk), kept silent, or ended
@@ -8,7 +10,21 @@
  * event so watches resume from any resourceVersion until `compact()` drops it (then 410).
  */
 
-export type FakeKind = "pods" | "namespaces" | "networkpolicies";
+export type FakeKind =
+  | "pods"
+  | "namespaces"
+  | "networkpolicies"
+  | "nodes"
+  | "clusternetworkpolicies"
+  | "adminnetworkpolicies"
+  | "baselineadminnetworkpolicies";
+
+/** The kinds a cluster serves only once their CRD is installed. */
+export const CRD_KINDS = [
+  "clusternetworkpolicies",
+  "adminnetworkpolicies",
+  "baselineadminnetworkpolicies",
+] as const satisfies readonly FakeKind[];
 
 interface KubeObject {
   metadata: { name: string; namespace?: string; resourceVersion?: string; [k: string]: unknown };
@@ -40,6 +56,22 @@ const KIND_INFO: Record<FakeKind, { path: string; listKind: string; apiVersion: 
     listKind: "NetworkPolicyList",
     apiVersion: "networking.k8s.io/v1",
   },
+  nodes: { path: "/api/v1/nodes", listKind: "NodeList", apiVersion: "v1" },
+  clusternetworkpolicies: {
+    path: "/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies",
+    listKind: "ClusterNetworkPolicyList",
+    apiVersion: "policy.networking.k8s.io/v1alpha2",
+  },
+  adminnetworkpolicies: {
+    path: "/apis/policy.networking.k8s.io/v1alpha1/adminnetworkpolicies",
+    listKind: "AdminNetworkPolicyList",
+    apiVersion: "policy.networking.k8s.io/v1alpha1",
+  },
+  baselineadminnetworkpolicies: {
+    path: "/apis/policy.networking.k8s.io/v1alpha1/baselineadminnetworkpolicies",
+    listKind: "BaselineAdminNetworkPolicyList",
+    apiVersion: "policy.networking.k8s.io/v1alpha1",
+  },
 };
 
 const encoder = new TextEncoder();
@@ -60,6 +92,8 @@ export interface RequestRecord {
 export interface FakeApiServerOptions {
   /** Serve HTTPS with this certificate and key (PEM) instead of plain HTTP. */
   tls?: { cert: string; key: string };
+  /** Serve the CRD kinds from the start (default: not installed, 404). */
+  crdsInstalled?: boolean;
 }
 
 export interface KubeconfigOptions {
@@ -86,6 +120,8 @@ export class FakeApiServer {
   failStatus = 0;
   /** Send a BOOKMARK this often on watches that allow them; 0 = never (a quiet server). */
   bookmarkIntervalMs = 0;
+  /** Kinds answered 403 (the client's role lacks them), as an RBAC rule missing would. */
+  forbidden = new Set<FakeKind>();
 
   private rv = 100;
   private compactedRV = 0;
@@ -93,7 +129,13 @@ export class FakeApiServer {
     pods: new Map(),
     namespaces: new Map(),
     networkpolicies: new Map(),
+    nodes: new Map(),
+    clusternetworkpolicies: new Map(),
+    adminnetworkpolicies: new Map(),
+    baselineadminnetworkpolicies: new Map(),
   };
+  /** Kinds whose CRD is not installed: every request for them is answered 404. */
+  private readonly notServed = new Set<FakeKind>();
   private history: HistoryEvent[] = [];
   private readonly watches = new Set<OpenWatch>();
   private readonly conns = new Set<Deno.Conn>();
@@ -109,6 +151,7 @@ export class FakeApiServer {
       : Deno.listen({ hostname: "127.0.0.1", port: 0 });
     this.port = (this.listener.addr as Deno.NetAddr).port;
     this.url = `${opts.tls ? "https" : "http"}://127.0.0.1:${this.port}`;
+    if (!opts.crdsInstalled) { for (const k of CRD_KINDS) this.notServed.add(k); }
     this.acceptLoop = this.accept();
   }
 
@@ -151,8 +194,33 @@ export class FakeApiServer {
 
   // ------------------------------------------------------------------ object controls
 
+  /** Whether the server serves `kind` (a CRD kind: installed). */
+  serves(kind: FakeKind): boolean {
+    return !this.notServed.has(kind);
+  }
+
+  /** Install a CRD kind: lists and watches of it are answered from now on. */
+  installKind(kind: FakeKind): void {
+    this.notServed.delete(kind);
+  }
+
+  /**
+   * Remove a CRD kind, as deleting its CRD does: its objects are deleted (watchers see DELETED,
+   * unless `unseen`: lost to every watcher, so only the 404 that follows can tell), its watches end,
+   * and every request for it is answered 404 from now on.
+   */
+  uninstallKind(kind: FakeKind, opts: { unseen?: boolean } = {}): void {
+    for (const o of [...this.store[kind].values()]) {
+      if (opts.unseen) this.deleteUnseen(kind, o.metadata.namespace, o.metadata.name);
+      else this.delete(kind, o.metadata.namespace, o.metadata.name);
+    }
+    this.notServed.add(kind);
+    this.endWatches(kind);
+  }
+
   /** Create or replace an object; open watches see ADDED or MODIFIED. Returns its new RV. */
   apply(kind: FakeKind, object: KubeObject): number {
+    if (this.notServed.has(kind)) throw new Error(`fake apiserver: ${kind} is not installed`);
     const o = structuredClone(object);
     const rv = ++this.rv;
     o.metadata.resourceVersion = String(rv);
@@ -353,8 +421,17 @@ export class FakeApiServer {
     if (this.requiredToken !== undefined && presented !== `Bearer ${this.requiredToken}`) {
       return await this.respondJSON(conn, 401, status(401, "Unauthorized"));
     }
-    if (method !== "GET" || !kind) {
-      return await this.respondJSON(conn, 404, status(404, `no route ${url.pathname}`));
+    // Authorization comes first: a role without the kind gets 403 whether it is served or not.
+    if (kind && this.forbidden.has(kind)) {
+      return await this.respondJSON(conn, 403, status(403, `${kind} is forbidden`));
+    }
+    if (method !== "GET" || !kind || this.notServed.has(kind)) {
+      // What the API server answers for a resource it does not serve (no CRD).
+      return await this.respondJSON(
+        conn,
+        404,
+        status(404, "the server could not find the requested resource"),
+      );
     }
     if (watch) return await this.serveWatch(conn, kind, url.searchParams);
     await sleep(this.listDelayMs[kind] ?? 0);

@@ -6,8 +6,9 @@ import { K8S_VERSION } from "./versions.ts";
 
 export const USAGE = `Usage: deno task e2e [flags]
 
-Runs every connectivity case of e2e/cases on a kind cluster (needs Docker, kind, kubectl),
-then uninstalls kube-netpol and checks that no node keeps a rule.
+Runs every connectivity case of e2e/cases and e2e/cases/tiers on a kind cluster (needs
+Docker, kind, kubectl; the tier cases install the network-policy-api CRDs while the agent
+runs), then uninstalls kube-netpol and checks that no node keeps a rule.
 
   --ip-family ipv4|ipv6|dual   cluster IP family (default ipv4)
   --case NAME                  only this case (its name, or its file name without .yaml);

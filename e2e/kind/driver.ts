@@ -2,9 +2,16 @@
  * The kind e2e driver: a real 3-node cluster (1 control plane + 2 workers) whose CNI does not
  * enforce NetworkPolicy, kube-netpol installed from this repository's Dockerfile (or `--image`)
  * and install.yaml, the connectivity model deployed with agnhost servers, every selected case of
- * e2e/cases probed from inside the client pods, optionally the upstream Netpol suite, and at the
- * end the documented uninstall, checked on every node. All outside calls go through an Executor
- * (exec.ts); versions.ts says where each pinned image was proven.
+ * e2e/cases and e2e/cases/tiers probed from inside the client pods, optionally the upstream
+ * Netpol suite, and at the end the documented uninstall, checked on every node. All outside calls
+ * go through an Executor (exec.ts); versions.ts says where each pinned image was proven.
+ *
+ * The cluster-tier cases: the agent starts on a cluster without the network-policy-api CRDs (so
+ * the NetworkPolicy cases before them run as any cluster without them would); the CRDs are
+ * installed before the first case that needs them, and the run waits out the agent's recheck
+ * interval, so the agent's pick-up of a CRD installed while it runs is part of every such run. A
+ * case's `node` endpoint is the first worker: a hostNetwork agnhost pod there serves the node's
+ * addresses and runs the probes that start on the node.
  *
  * Nothing but kube-netpol enforces policies: kindnet is swapped for a build without its policy
  * controller and the DaemonSet is read back before anything runs; the final uninstall check
@@ -13,9 +20,12 @@
  */
 import { stringify } from "yaml";
 import {
+  type CaseProbe,
+  type ClusterScopedPolicy,
   type ConnectivityCase,
   formatMatrixDiff,
   type Matrix,
+  NODE_ENDPOINT,
   type Verdict,
 } from "../cases/format.ts";
 import { MODEL_PODS, MODEL_PORTS, MODEL_PROTOCOLS, modelNamespaces } from "../cases/model.ts";
@@ -24,15 +34,35 @@ import type { Protocol } from "../../src/net/protocol.ts";
 import { connectCommand, type ServedPort, SERVER_CONTAINER, serverContainer } from "./agnhost.ts";
 import type { Executor } from "./exec.ts";
 import { parseScan, SCAN_SCRIPT } from "./leftovers.ts";
-import { familiesOf, type Family, type IpFamily, planCase, policiesFor } from "./plan.ts";
+import {
+  clusterPoliciesFor,
+  familiesOf,
+  type Family,
+  type IpFamily,
+  planCase,
+  policiesFor,
+} from "./plan.ts";
 import { UPSTREAM_FOCUS, upstreamCommand } from "./upstream.ts";
-import { KIND_NODE_IMAGE, KIND_VERSION, KINDNET_WITHOUT_POLICY } from "./versions.ts";
+import {
+  KIND_NODE_IMAGE,
+  KIND_VERSION,
+  KINDNET_WITHOUT_POLICY,
+  NETWORK_POLICY_API_CRDS,
+} from "./versions.ts";
+import { DEFAULT_ABSENT_RECHECK_MS } from "../../src/k8s/kinds.ts";
 
 export { AGNHOST_IMAGE, KIND_NODE_IMAGE, KINDNET_WITHOUT_POLICY } from "./versions.ts";
 /** The tag the driver builds from the Dockerfile and loads into the nodes (never pulled). */
 export const LOCAL_IMAGE = "kube-netpol:e2e";
 export const IPV6_FORWARDING = "net.ipv6.conf.all.forwarding";
-
+/** Where the `node` endpoint's hostNetwork pod runs (never a policy subject or pod peer). */
+export const NODE_POD = { namespace: "knp-e2e-node", name: "node" } as const;
+/** The resource names kubectl deletes cluster-scoped policies by. */
+const CLUSTER_RESOURCES: Record<ClusterScopedPolicy["kind"] & string, string> = {
+  ClusterNetworkPolicy: "clusternetworkpolicies.policy.networking.k8s.io",
+  AdminNetworkPolicy: "adminnetworkpolicies.policy.networking.k8s.io",
+  BaselineAdminNetworkPolicy: "baselineadminnetworkpolicies.policy.networking.k8s.io",
+};
 export interface KindOptions {
   clusterName: string;
   ipFamily: IpFamily;
@@ -77,7 +107,7 @@ interface AgentImage {
   pullPolicy: "Never" | "IfNotPresent";
 }
 
-/** Each model pod's address per family. */
+/** Each model pod's address per family; NODE_ENDPOINT: the node pod's (the node's) addresses. */
 type PodIPs = Map<string, Partial<Record<Family, string>>>;
 
 const FIRST_CONTAINER_ARGS = "/spec/template/spec/containers/0/args/-";
@@ -90,6 +120,8 @@ const UNINSTALL_POLICY: NetworkPolicy = {
 };
 
 export class KindDriver {
+  private crdsInstalled = false;
+
   constructor(
     private readonly x: Executor,
     private readonly o: KindOptions,
@@ -302,9 +334,33 @@ export class KindDriver {
     );
   }
 
-  /** The model: namespaces x, y, z and their pods, each one agnhost porter (agnhost.ts). */
-  modelManifests(serve: ServedPort[]): string {
+  /** Whether a case probes from or to the node. */
+  private needsNode(cases: ConnectivityCase[]): boolean {
+    return cases.some((c) =>
+      c.probes.some((p) => p.from === NODE_ENDPOINT || p.to === NODE_ENDPOINT)
+    );
+  }
+
+  /**
+   * The model: namespaces x, y, z and their pods, each one agnhost porter (agnhost.ts); with
+   * `node`, also the hostNetwork porter on the first worker that stands for the node.
+   */
+  modelManifests(serve: ServedPort[], node = false): string {
     const objects: unknown[] = [...modelNamespaces()];
+    if (node) {
+      objects.push({ apiVersion: "v1", kind: "Namespace", metadata: { name: NODE_POD.namespace } });
+      objects.push({
+        apiVersion: "v1",
+        kind: "Pod",
+        metadata: { namespace: NODE_POD.namespace, name: NODE_POD.name },
+        spec: {
+          terminationGracePeriodSeconds: 0,
+          hostNetwork: true,
+          nodeSelector: { "kubernetes.io/hostname": `${this.o.clusterName}-worker` },
+          containers: [serverContainer(serve.filter((p) => p.protocol !== "SCTP"))],
+        },
+      });
+    }
     for (const key of MODEL_PODS) {
       const [namespace, name] = key.split("/") as [string, string];
       objects.push({
@@ -323,8 +379,9 @@ export class KindDriver {
 
   /** Deploy the model and return each pod's address in every family of the run. */
   async deployModel(cases: ConnectivityCase[]): Promise<PodIPs> {
-    await this.kubectl(["apply", "-f", "-"], this.modelManifests(this.servedPorts(cases)));
-    for (const ns of ["x", "y", "z"]) {
+    const node = this.needsNode(cases);
+    await this.kubectl(["apply", "-f", "-"], this.modelManifests(this.servedPorts(cases), node));
+    for (const ns of ["x", "y", "z", ...(node ? [NODE_POD.namespace] : [])]) {
       await this.kubectl(
         ["-n", ns, "wait", "--for=condition=Ready", "pod", "--all", "--timeout=300s"],
         undefined,
@@ -342,7 +399,26 @@ export class KindDriver {
       for (const a of addrs) byFamily[a.includes(":") ? 6 : 4] ??= a;
       ips.set(`${p.metadata.namespace}/${p.metadata.name}`, byFamily);
     }
-    for (const pod of MODEL_PODS) {
+    if (node) {
+      // A hostNetwork pod's addresses are its node's.
+      const p = JSON.parse(
+        await this.kubectl([
+          "-n",
+          NODE_POD.namespace,
+          "get",
+          "pod",
+          NODE_POD.name,
+          "-o",
+          "json",
+        ]) || "{}",
+      );
+      const byFamily: Partial<Record<Family, string>> = {};
+      for (const a of (p.status?.podIPs ?? []).map((i: { ip: string }) => i.ip)) {
+        byFamily[a.includes(":") ? 6 : 4] ??= a;
+      }
+      ips.set(NODE_ENDPOINT, byFamily);
+    }
+    for (const pod of [...MODEL_PODS, ...(node ? [NODE_ENDPOINT] : [])]) {
       const have = ips.get(pod) ?? {};
       for (const f of this.families) {
         if (have[f]) continue;
@@ -354,7 +430,7 @@ export class KindDriver {
     return ips;
   }
 
-  /** One connection attempt from inside the client pod, as the upstream suite does. */
+  /** One connection attempt from inside the client pod (or the node pod), as upstream does. */
   async probe(
     from: string,
     toIP: string,
@@ -362,7 +438,9 @@ export class KindDriver {
     protocol: Protocol,
     port: number,
   ): Promise<Verdict> {
-    const [ns, pod] = from.split("/") as [string, string];
+    const [ns, pod] = from === NODE_ENDPOINT
+      ? [NODE_POD.namespace, NODE_POD.name]
+      : from.split("/") as [string, string];
     const r = await this.x.run([
       "kubectl",
       "--context",
@@ -431,14 +509,84 @@ export class KindDriver {
     }
   }
 
+  private async deleteClusterPolicies(policies: ClusterScopedPolicy[]): Promise<void> {
+    for (const [kind, resource] of Object.entries(CLUSTER_RESOURCES)) {
+      const names = policies.filter((p) => p.kind === kind).map((p) => p.metadata.name!);
+      if (names.length) {
+        await this.kubectl(["delete", resource, ...names, "--ignore-not-found", "--wait=true"]);
+      }
+    }
+  }
+
+  /**
+   * The network-policy-api CRDs (versions.ts), installed while the agent runs; then the agent's
+   * recheck interval is waited out (plus slack) so it watches them before the first case.
+   */
+  async installPolicyCrds(): Promise<void> {
+    if (this.crdsInstalled) return;
+    this.log("installing the network-policy-api CRDs while the agent runs");
+    for (const crd of NETWORK_POLICY_API_CRDS) {
+      await this.kubectl(["apply", "--server-side", "-f", crd.url], undefined, 120_000);
+    }
+    await this.kubectl(
+      [
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        ...NETWORK_POLICY_API_CRDS.map((c) => `crd/${c.name}`),
+      ],
+      undefined,
+      90_000,
+    );
+    const waitMs = DEFAULT_ABSENT_RECHECK_MS + 10_000;
+    this.log(
+      `  waiting ${waitMs / 1000} s: the agent looks for absent CRDs every ` +
+        `${DEFAULT_ABSENT_RECHECK_MS / 1000} s`,
+    );
+    await this.o.sleep(waitMs);
+    this.crdsInstalled = true;
+  }
+
+  /** The case's probes outside the matrix, settled like the matrix (bounded). */
+  private async settleProbes(
+    probes: CaseProbe[],
+    ips: PodIPs,
+    family: Family,
+  ): Promise<string[]> {
+    const label = this.families.length > 1 ? `IPv${family} ` : "";
+    const check = async () => {
+      const wrong: string[] = [];
+      for (const p of probes) {
+        const got = await this.probe(p.from, ips.get(p.to)![family]!, family, p.protocol, p.port);
+        if (!this.o.dryRun && got !== p.expect) {
+          wrong.push(
+            `${label}probe ${p.from} -> ${p.to} ${p.protocol}/${p.port}: expected ${p.expect}, ` +
+              `observed ${got}`,
+          );
+        }
+      }
+      return wrong;
+    };
+    let wrong = await check();
+    for (let round = 1; round < this.o.settleRounds && wrong.length && !this.o.dryRun; round++) {
+      await this.o.sleep(3000);
+      wrong = await check();
+    }
+    return wrong;
+  }
+
   async runCase(c: ConnectivityCase, ips: PodIPs): Promise<CaseResult> {
     this.log(`case ${c.name}: ${c.description}`);
     const plan = planCase(c, this.families);
     for (const s of plan.skipped) this.log(`  skipped ${s}`);
     if (!plan.probeIn.length) return { name: c.name, pass: true, diffs: [], skipped: plan.skipped };
-    const policies = policiesFor(c, plan.resolveIn, (pod, f) => ips.get(pod)![f]!);
-    if (policies.length) {
-      await this.kubectl(["apply", "-f", "-"], policies.map((p) => stringify(p)).join("---\n"));
+    const ipOf = (pod: string, f: Family) => ips.get(pod)![f]!;
+    const policies = policiesFor(c, plan.resolveIn, ipOf);
+    const cluster = clusterPoliciesFor(c, plan.resolveIn, ipOf);
+    if (cluster.length) await this.installPolicyCrds();
+    const objects = [...policies, ...cluster];
+    if (objects.length) {
+      await this.kubectl(["apply", "-f", "-"], objects.map((p) => stringify(p)).join("---\n"));
     }
     const diffs: string[] = [];
     try {
@@ -447,8 +595,10 @@ export class KindDriver {
           const d = await this.settle(e.matrix, ips, family, e.protocol, e.port);
           if (d) diffs.push(d);
         }
+        diffs.push(...await this.settleProbes(c.probes, ips, family));
       }
     } finally {
+      await this.deleteClusterPolicies(cluster);
       await this.deletePolicies(policies);
     }
     for (const d of diffs) this.log(`  expected vs observed, ${d}`);

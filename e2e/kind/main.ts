@@ -1,6 +1,6 @@
 /**
- * `deno task e2e`: every connectivity case on a real kind cluster, then the uninstall (args.ts has
- * the flags). `--dry-run` prints every command and manifest of the run without executing
+ * `deno task e2e`: every connectivity case (e2e/cases, then the cluster-tier cases of
+ * e2e/cases/tiers) on a real kind cluster, then the uninstall (args.ts has the flags). `--dry-run` prints every command and manifest of the run without executing
  * anything. Exit 0: every check passed; 1: a check failed; 2: usage or set-up error.
  */
 import { loadCases } from "../cases/format.ts";
@@ -35,7 +35,10 @@ async function main(): Promise<number> {
     return 0;
   }
   const repoRoot = new URL("../../", import.meta.url).pathname;
-  const cases = selectCases(await loadCases(`${repoRoot}e2e/cases`), args.cases);
+  const cases = selectCases([
+    ...await loadCases(`${repoRoot}e2e/cases`),
+    ...await loadCases(`${repoRoot}e2e/cases/tiers`),
+  ], args.cases);
   if (args.e2eTestBinary) {
     const problem = await upstreamBinariesUsable(args.e2eTestBinary, args.dryRun);
     if (problem) throw new KindError(problem);

@@ -31,3 +31,31 @@ export const KINDNET_WITHOUT_POLICY = "docker.io/kindest/kindnetd:v20230809-80a6
  * has run one `porter` container per pod since kubernetes/kubernetes#136474.
  */
 export const AGNHOST_IMAGE = "registry.k8s.io/e2e-test-images/agnhost:2.63.0";
+
+/**
+ * The network-policy-api CRDs (kubernetes-sigs/network-policy-api), applied from GitHub at pinned
+ * commits. No release carries both APIs the agent reads: v0.2.0 (tag on commit a17adec, April
+ * 2026) ships ClusterNetworkPolicy v1alpha2 only, and the v0.1.x line AdminNetworkPolicy and
+ * BaselineAdminNetworkPolicy v1alpha1 only (v0.1.8, tag on commit 5a62954, December 2025, the
+ * last). They are different resources of one group, so both install side by side. The
+ * experimental channel: the tier cases use `nodes` peers (and the ANP `namedPort`), which the
+ * standard channel's schemas of these releases leave out.
+ */
+export const NETWORK_POLICY_API_CRDS: readonly { name: string; url: string }[] = [
+  {
+    name: "clusternetworkpolicies.policy.networking.k8s.io",
+    commit: "a17adecd0316b8ff1c3f83939ec0441d68cd6cce", // v0.2.0
+  },
+  {
+    name: "adminnetworkpolicies.policy.networking.k8s.io",
+    commit: "5a62954284765fb16f2e601f11907ca0b839b89f", // v0.1.8
+  },
+  {
+    name: "baselineadminnetworkpolicies.policy.networking.k8s.io",
+    commit: "5a62954284765fb16f2e601f11907ca0b839b89f", // v0.1.8
+  },
+].map(({ name, commit }) => ({
+  name,
+  url: `https://raw.githubusercontent.com/kubernetes-sigs/network-policy-api/${commit}/config/` +
+    `crd/experimental/policy.networking.k8s.io_${name.split(".")[0]}.yaml`,
+}));

@@ -43,6 +43,8 @@ export interface LabAgentOptions {
 
 export interface DebugPolicies {
   policies: string[];
+  /** "<Kind>/<name>" of the cluster-scoped policies in force, in evaluation order per tier. */
+  clusterPolicies?: string[];
   generation: number;
   rulesSyncedGeneration: number;
   invalid?: string[];
@@ -314,24 +316,34 @@ export class LabAgent {
   }
 
   /**
-   * Wait until the agent enforces exactly `expected` ("namespace/name" policies) and its rules
-   * are synced to that state. Returns the milliseconds it took.
+   * Wait until the agent enforces exactly `expected` ("namespace/name" policies) and, when given,
+   * exactly `expectedCluster` ("<Kind>/<name>" cluster-scoped policies), and its rules are synced
+   * to that state. Returns the milliseconds it took.
    */
-  async waitEnforced(expected: string[], timeoutMs = 20_000): Promise<number> {
+  async waitEnforced(
+    expected: string[],
+    timeoutMs = 20_000,
+    expectedCluster?: string[],
+  ): Promise<number> {
     const start = Date.now();
     const want = JSON.stringify([...expected].sort());
+    const wantCluster = expectedCluster && JSON.stringify([...expectedCluster].sort());
     let last: DebugPolicies | undefined;
     while (Date.now() - start < timeoutMs) {
       if (!this.running) throw this.fail("agent exited");
       last = await this.debugPolicies();
       if (
         JSON.stringify([...last.policies].sort()) === want &&
+        (wantCluster === undefined ||
+          JSON.stringify([...(last.clusterPolicies ?? [])].sort()) === wantCluster) &&
         last.rulesSyncedGeneration === last.generation
       ) return Date.now() - start;
       await new Promise((res) => setTimeout(res, 50));
     }
     throw this.fail(
-      `policies not enforced after ${timeoutMs} ms: want ${want}, have ${JSON.stringify(last)}`,
+      `policies not enforced after ${timeoutMs} ms: want ${want}` +
+        (wantCluster ? ` and cluster policies ${wantCluster}` : "") +
+        `, have ${JSON.stringify(last)}`,
     );
   }
 

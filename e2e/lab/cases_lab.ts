@@ -1,27 +1,43 @@
 /**
- * `deno task e2e:lab`: every connectivity case of e2e/cases against the real agent in the lab.
- * One lab, one agent per node: per case the policy file is rewritten (a live change), every agent
- * is awaited until it enforces exactly the case's policies, then every ordered pair of distinct
- * pods is probed with NEW connections for each expected (protocol, port) and compared with the
- * case. With `--nodes n` the model's pods are spread over n node netns joined by a router (see
- * cluster.ts `spreadPlan`), each with its own agent, all fed by one manifest directory.
+ * `deno task e2e:lab`: every connectivity case of e2e/cases and e2e/cases/tiers against the real
+ * agent in the lab. One lab, one agent per node: per case the policy file is rewritten (a live
+ * change) with the case's NetworkPolicies and cluster-scoped policies, every agent is awaited until
+ * it enforces exactly them, then every ordered pair of distinct pods is probed with NEW
+ * connections for each expected (protocol, port) and compared with the case, and so are the
+ * case's extra probes (`probes:`; the `node` endpoint is the lab's first node: its address, and a
+ * hostNetwork server in its netns answering with its name). The lab's Node objects (labelled
+ * kubernetes.io/os=linux) are in the manifest directory for `nodes` peers. With `--nodes n` the
+ * model's pods are spread over n node netns joined by a router (see cluster.ts `spreadPlan`), each
+ * with its own agent, all fed by one manifest directory.
  *
  *   deno run --frozen -A e2e/lab/cases_lab.ts [--nodes 2] [--case <name>]... [--keep]
- *     [--max-seconds 900]
+ *     [--max-seconds 900] [--no-tiers]
  *
  * Exit code 0 when every case matched, 1 on a mismatch, 2 on a usage or set-up error.
  */
 import { parseArgs } from "node:util";
 import { LabAgent, ManifestDir } from "./agent.ts";
 import { defaultPlan, labLayout, nodeObjects, spreadPlan } from "./cluster.ts";
-import { allPairs, probeMatrices, reprobeInconclusive, verdictMatrix } from "./probe.ts";
-import { sctpSupport, startServers } from "./servers.ts";
+import {
+  allPairs,
+  describeResult,
+  observedVerdict,
+  probeFrom,
+  probeMatrices,
+  type ProbeResult,
+  reprobeInconclusive,
+  verdictMatrix,
+} from "./probe.ts";
+import { sctpSupport, startNodeServers, startServers } from "./servers.ts";
 import { cleanupStaleLabs, createLab, type Lab } from "./topology.ts";
 import {
+  type CaseProbe,
+  type ClusterScopedPolicy,
   type ConnectivityCase,
   formatMatrixDiff,
   loadCases,
   type Matrix,
+  NODE_ENDPOINT,
   resolvePlaceholders,
   type Verdict,
 } from "../cases/format.ts";
@@ -29,6 +45,8 @@ import { modelNamespaces, modelPods } from "../cases/model.ts";
 import type { NetworkPolicy } from "../../src/policy/types.ts";
 
 export const CASES_DIR = new URL("../cases/", import.meta.url).pathname;
+/** The cases with cluster-scoped policies (Admin and Baseline tiers). */
+export const TIER_CASES_DIR = new URL("../cases/tiers/", import.meta.url).pathname;
 
 /** Keep only what the probes covered (no diagonal), so the comparison is like for like. */
 function restrict(expected: Matrix, observed: Matrix): Matrix {
@@ -63,6 +81,11 @@ export interface CaseOutcome {
   retried: string[];
 }
 
+/** "<Kind>/<name>": how the agent's /debug/policies names a cluster-scoped policy. */
+export function clusterPolicyKey(p: ClusterScopedPolicy): string {
+  return `${p.kind}/${p.metadata.name}`;
+}
+
 export interface LabCaseRunnerOptions {
   verbose?: boolean;
   /** Node netns, each with its own agent; default 1 (the single-node lab, model IPs). */
@@ -77,6 +100,10 @@ export interface LabCaseRunnerOptions {
 
 /** One lab, servers and agents shared by every case; policies are swapped live between cases. */
 export class LabCaseRunner {
+  /** The policy names last applied, and what they were. */
+  private inForce = new Set<string>();
+  private inForceContent = JSON.stringify([[], []]);
+
   private constructor(
     readonly lab: Lab,
     /** One per lab node, in the lab's node order. */
@@ -109,8 +136,11 @@ export class LabCaseRunner {
         }),
       ];
       await dir.writeModel(model);
-      if (plan.nodes) await dir.writeNodes(nodeObjects(lab));
+      // Always: `nodes` peers need them; the agents read them like any other object.
+      await dir.writeNodes(nodeObjects(lab));
       await dir.writePolicies([]);
+      // The `node` probe endpoint: a hostNetwork server on the first node.
+      await startNodeServers(lab, { nodes: [lab.nodes[0]!.name] });
       // In parallel: each agent's start-up is mostly waiting for Deno to load.
       const started = await Promise.allSettled(lab.nodes.map((n) =>
         LabAgent.start(lab, {
@@ -133,18 +163,112 @@ export class LabCaseRunner {
     }
   }
 
-  /** Write `policies` and wait until every agent enforces exactly them. */
-  async applyPolicies(policies: NetworkPolicy[]): Promise<void> {
-    await this.dir.writePolicies(policies);
+  /**
+   * Write `policies` and `clusterPolicies` (one file, one live change) and wait until every agent
+   * enforces exactly them.
+   */
+  async applyPolicies(
+    policies: NetworkPolicy[],
+    clusterPolicies: ClusterScopedPolicy[] = [],
+  ): Promise<void> {
     const keys = policies.map((p) => `${p.metadata.namespace ?? "default"}/${p.metadata.name}`);
-    await Promise.all(this.agents.map((a) => a.waitEnforced(keys)));
+    const clusterKeys = clusterPolicies.map(clusterPolicyKey);
+    const content = JSON.stringify([policies, clusterPolicies]);
+    // "Enforced" is judged by the names in force: a new version of a policy under the same name
+    // (a case that changes one step of the previous one) would look enforced before the agent
+    // read it. Going through the empty set first makes the names tell.
+    const reused = [...keys, ...clusterKeys].some((k) => this.inForce.has(k));
+    if (reused && content !== this.inForceContent) await this.applyPolicies([], []);
+    await this.dir.writePolicies([...policies, ...clusterPolicies]);
+    await Promise.all(this.agents.map((a) => a.waitEnforced(keys, 20_000, clusterKeys)));
+    this.inForce = new Set([...keys, ...clusterKeys]);
+    this.inForceContent = content;
+    await this.forgetFlows();
+  }
+
+  /**
+   * Empty every node's conntrack table. Policies govern new connections; the kernel keeps the
+   * flows of earlier cases (a UDP flow for up to 2 minutes), and a probe whose new socket happens
+   * to get the source port of such a flow would pass as that flow, unjudged.
+   */
+  private async forgetFlows(): Promise<void> {
+    await Promise.all(this.lab.nodes.map(async (n) => {
+      const r = await this.lab.exec(n.netns, ["conntrack", "-F"], { timeoutMs: 10_000 });
+      if (r.code !== 0) throw new Error(`conntrack -F in ${n.netns}: ${r.stderr.trim()}`);
+    }));
+  }
+
+  /** The address a probe endpoint ("ns/pod" or `node`) is reached at, and the netns it runs in. */
+  endpoint(name: string): { ip: string; netns: string; answers: string } {
+    if (name === NODE_ENDPOINT) {
+      const node = this.lab.nodes[0]!;
+      return { ip: node.ip, netns: node.netns, answers: node.name };
+    }
+    const pod = this.lab.pod(name);
+    return { ip: pod.ip, netns: pod.netns, answers: name };
+  }
+
+  /**
+   * The case's extra probes (pod to node, node to pod): one NEW connection each; an expected
+   * allow that did not connect and was not refused is tried once more (a busy machine), as for
+   * the matrix. Returns one line per probe that differs from the case.
+   */
+  async runProbes(probes: CaseProbe[], retried: string[], skipped: string[]): Promise<string[]> {
+    const runnable = probes.filter((p) => {
+      if (p.protocol !== "SCTP") return true;
+      skipped.push(`SCTP ${p.from} -> ${p.to}:${p.port} (${this.sctpReason})`);
+      return false;
+    });
+    const attempt = async (list: CaseProbe[]): Promise<ProbeResult[]> => {
+      const results: ProbeResult[] = new Array(list.length);
+      const bySource = Map.groupBy(list.map((p, i) => ({ p, i })), ({ p }) => p.from);
+      await Promise.all([...bySource].map(async ([from, items]) => {
+        const got = await probeFrom(
+          this.lab,
+          this.endpoint(from).netns,
+          items.map(({ p }) => ({
+            ip: this.endpoint(p.to).ip,
+            protocol: p.protocol as "TCP" | "UDP",
+            port: p.port,
+          })),
+        );
+        items.forEach(({ i }, k) => results[i] = got[k]!);
+      }));
+      return results;
+    };
+    const seen = (p: CaseProbe, r: ProbeResult) => observedVerdict(r, this.endpoint(p.to).answers);
+    const first = await attempt(runnable);
+    const again = runnable.flatMap((p, i) =>
+      p.expect === "allow" && first[i]!.outcome !== "refused" && seen(p, first[i]!) === "deny"
+        ? [i]
+        : []
+    );
+    const second = await attempt(again.map((i) => runnable[i]!));
+    again.forEach((i, k) => {
+      const p = runnable[i]!;
+      retried.push(
+        `probe ${p.from} -> ${p.to} ${p.protocol}/${p.port}: ${describeResult(first[i]!)}, then ${
+          describeResult(second[k]!)
+        }`,
+      );
+      first[i] = second[k]!;
+    });
+    return runnable.flatMap((p, i) => {
+      const got = seen(p, first[i]!);
+      return got === p.expect ? [] : [
+        `probe ${p.from} -> ${p.to} ${p.protocol}/${p.port}: expected ${p.expect}, observed ${got} (${
+          describeResult(first[i]!)
+        })`,
+      ];
+    });
   }
 
   async run(c: ConnectivityCase): Promise<CaseOutcome> {
     const start = Date.now();
     const skipped: string[] = [];
-    const policies = resolvePlaceholders(c.policies, (ns, pod) => this.lab.pod(`${ns}/${pod}`).ip);
-    await this.applyPolicies(policies);
+    const ipOf = (ns: string, pod: string) => this.lab.pod(`${ns}/${pod}`).ip;
+    const policies = resolvePlaceholders(c.policies, ipOf);
+    await this.applyPolicies(policies, resolvePlaceholders(c.clusterPolicies, ipOf));
     const combos = c.expect.filter((e) => {
       if (e.protocol !== "SCTP") return true;
       skipped.push(`SCTP ${e.port} (${this.sctpReason})`);
@@ -165,6 +289,7 @@ export class LabCaseRunner {
         diffs.push(`${e.protocol}/${e.port}:\n${formatMatrixDiff(want, seen)}`);
       }
     });
+    diffs.push(...await this.runProbes(c.probes, retried, skipped));
     return {
       name: c.name,
       status: diffs.length ? "fail" : "pass",
@@ -207,6 +332,7 @@ async function main(): Promise<number> {
         keep: { type: "boolean", default: false },
         "max-seconds": { type: "string", default: "900" },
         verbose: { type: "boolean", default: false },
+        "no-tiers": { type: "boolean", default: false },
       },
     }).values;
   } catch (e) {
@@ -225,7 +351,10 @@ async function main(): Promise<number> {
     return 2;
   }
   const deadline = Date.now() + Number(args["max-seconds"]) * 1000;
-  let all = await loadCases(CASES_DIR);
+  let all = [
+    ...await loadCases(CASES_DIR),
+    ...(args["no-tiers"] ? [] : await loadCases(TIER_CASES_DIR)),
+  ];
   if (args.case?.length) {
     const wanted = new Set(args.case);
     const unknown = [...wanted].filter((n) => !all.some((c) => c.name === n));

@@ -110,12 +110,18 @@ export function labLayout(plan: LabClusterPlan): { pods: LabPodSpec[]; nodes?: L
   return { pods: plan.pods, ...(plan.nodes ? { nodes: plan.nodes } : {}) };
 }
 
-/** One Node object per lab node, with the addresses and pod CIDRs the lab really has. */
+/**
+ * One Node object per lab node, with the addresses and pod CIDRs the lab really has, labelled like
+ * a real Linux node (`nodes` peers of the tier cases select `kubernetes.io/os: linux`).
+ */
 export function nodeObjects(lab: Lab): NodeObject[] {
   return lab.nodes.map((n) => ({
     apiVersion: "v1",
     kind: "Node",
-    metadata: { name: n.name, labels: { "kubernetes.io/hostname": n.name } },
+    metadata: {
+      name: n.name,
+      labels: { "kubernetes.io/hostname": n.name, "kubernetes.io/os": "linux" },
+    },
     spec: n.podCIDRs.length ? { podCIDR: n.podCIDRs[0]!, podCIDRs: n.podCIDRs } : {},
     status: {
       addresses: [

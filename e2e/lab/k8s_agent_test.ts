@@ -2,8 +2,10 @@
  * The agent end to end against the Kubernetes list/watch protocol, with real packets: the fake
  * API server runs in the lab's node netns beside the real agent (`run --kubeconfig`); objects
  * change through the API, arrive through the informers, and connections between lab pods change
- * verdict. Also: an abruptly cut watch (the agent must recover) and a malformed policy (reported,
- * the others kept). Skipped when not root.
+ * verdict. Also: an abruptly cut watch (the agent must recover), a malformed policy (reported,
+ * the others kept), and the network-policy-api CRDs: absent at the start (the agent is ready and
+ * enforces NetworkPolicy without them), installed while it runs (an Admin tier policy then reaches
+ * real packets). Skipped when not root.
  */
 import assert from "node:assert/strict";
 import { LabAgent } from "./agent.ts";
@@ -64,7 +66,13 @@ Deno.test({
       for (const o of clusterObjects(plan, lab)) {
         await send({ op: "apply", kind: o.kind === "Pod" ? "pods" : "namespaces", object: o });
       }
-      agent = await LabAgent.start(lab, { nodeName: plan.nodeName, kubeconfig });
+      // The fake serves no network-policy-api CRD yet: ready all the same. A short recheck
+      // interval (default 30 s) keeps the CRD step below quick.
+      agent = await LabAgent.start(lab, {
+        nodeName: plan.nodeName,
+        kubeconfig,
+        extraArgs: ["--crd-recheck-interval=1s"],
+      });
 
       /** Probe until from -> to (TCP 80) shows `want`; returns the ms it took. */
       const waitVerdict = async (from: string, to: string, want: "allow" | "deny") => {
@@ -147,6 +155,40 @@ Deno.test({
           );
           const d = await agent!.debugPolicies();
           assert.deepEqual(d.policies, ["y/a-in"]);
+        },
+      );
+      await t.step(
+        "a ClusterNetworkPolicy CRD installed while the agent runs: its Admin Deny is enforced",
+        async () => {
+          assert.match(
+            (await agent!.get("/readyz?verbose")).body,
+            /clusternetworkpolicies not served/,
+          );
+          await send({ op: "install", kind: "clusternetworkpolicies" });
+          await send({
+            op: "apply",
+            kind: "clusternetworkpolicies",
+            object: {
+              apiVersion: "policy.networking.k8s.io/v1alpha2",
+              kind: "ClusterNetworkPolicy",
+              metadata: { name: "x-closed-to-y" },
+              spec: {
+                tier: "Admin",
+                priority: 1,
+                subject: { namespaces: { matchLabels: { ns: "x" } } },
+                ingress: [{
+                  name: "not-from-y",
+                  action: "Deny",
+                  from: [{ namespaces: { matchLabels: { ns: "y" } } }],
+                }],
+              },
+            },
+          });
+          timings.crdInstalled = await waitVerdict("y/a", "x/a", "deny");
+          await waitVerdict("x/b", "x/a", "allow");
+          assert.match(agent!.logs(), /serves this kind now/);
+          await send({ op: "uninstall", kind: "clusternetworkpolicies" });
+          timings.crdRemoved = await waitVerdict("y/a", "x/a", "allow");
         },
       );
       console.log(

@@ -1,6 +1,8 @@
 /**
  * Starts the lab workloads: one small Deno process per pod netns serving TCP and UDP on every
- * port (see pod_server.ts). SCTP is detected and reported as unsupported rather than faked.
+ * port (see pod_server.ts), and on request one per node netns (a hostNetwork server on the node's
+ * address, answering with the node's name). SCTP is detected and reported as unsupported rather
+ * than faked.
  */
 import type { Lab, LabPod } from "./topology.ts";
 
@@ -86,6 +88,48 @@ export async function startServers(
   try {
     await Promise.all(
       children.map((c, i) => waitReady(c, pods[i]!.netns, opts.timeoutMs ?? 15_000)),
+    );
+  } catch (e) {
+    await stop();
+    throw e;
+  }
+  return { ports, stop };
+}
+
+/**
+ * A hostNetwork server in every node netns (or in `nodes`), answering with the node's name on the
+ * node's addresses: what a pod reaches when it connects to its node, or to another node. Killed
+ * with the lab (or `stop()`).
+ */
+export async function startNodeServers(
+  lab: Lab,
+  opts: { ports?: readonly number[]; timeoutMs?: number; nodes?: string[] } = {},
+): Promise<LabServers> {
+  const ports = [...(opts.ports ?? LAB_PORTS)];
+  const nodes = lab.nodes.filter((n) => !opts.nodes || opts.nodes.includes(n.name));
+  const children = nodes.map((n) =>
+    lab.spawn(n.netns, [
+      Deno.execPath(),
+      "run",
+      "--no-config",
+      "--allow-net",
+      POD_SERVER,
+      n.name,
+      ports.join(","),
+      ...(n.ip6 ? ["--ipv6"] : []),
+    ], { stdout: "piped", stderr: "inherit" })
+  );
+  const stop = async () => {
+    for (const c of children) {
+      try {
+        c.kill("SIGKILL");
+      } catch { /* exited */ }
+    }
+    await Promise.allSettled(children.map((c) => c.status));
+  };
+  try {
+    await Promise.all(
+      children.map((c, i) => waitReady(c, nodes[i]!.netns, opts.timeoutMs ?? 15_000)),
     );
   } catch (e) {
     await stop();

@@ -27,7 +27,7 @@ import {
 } from "./probe.ts";
 import { startServers } from "./servers.ts";
 import { cleanupStaleLabs, createLab, type Lab, run } from "./topology.ts";
-import { CASES_DIR, LabCaseRunner } from "./cases_lab.ts";
+import { CASES_DIR, LabCaseRunner, TIER_CASES_DIR } from "./cases_lab.ts";
 import { loadCases } from "../cases/format.ts";
 
 const root = Deno.uid() === 0;
@@ -410,6 +410,44 @@ for (const c of cases) {
       assert.ok(runner, "the lab did not start");
       const o = await runner.run(c);
       // Shown even on a pass: a cell that needed a second probe says how busy the machine was.
+      for (const r of o.retried) console.log(`probed again: ${r}`);
+      assert.equal(
+        o.status,
+        "pass",
+        `${c.file}: ${c.description}\n${o.retried.map((r) => `probed again: ${r}\n`).join("")}${
+          o.diffs.join("\n")
+        }\n${runner.agentLogs()}`,
+      );
+    },
+  });
+}
+
+/**
+ * The cluster-tier interplay cases across the two nodes (about 25 s): each side's tier walk runs on
+ * its own pod's node (an Admin Accept on the source's node, the destination's ingress on the other),
+ * `nodes` peers name both nodes, and the `node` endpoint (the first node) is reached from pods on
+ * either. Every tier case runs on one node in tiers_lab_test.ts.
+ */
+const TIER_SUBSET = [
+  "tier-admin-deny-over-networkpolicy-allow",
+  "tier-admin-accept-over-networkpolicy-deny",
+  "tier-pass-to-networkpolicy-then-baseline",
+  "tier-baseline-overridden-by-networkpolicy",
+  "tier-egress-networks-with-pass-for-pods",
+  "tier-egress-nodes-peers",
+  "tier-adminnetworkpolicy-and-baseline-singleton",
+];
+const tierCases = (await loadCases(TIER_CASES_DIR)).filter((c) => TIER_SUBSET.includes(c.name));
+if (tierCases.length !== TIER_SUBSET.length) {
+  throw new Error(`two_node_test.ts: a tier case of ${TIER_SUBSET.join(", ")} is missing`);
+}
+for (const c of tierCases) {
+  Deno.test({
+    name: `two-node tier case ${c.name}`,
+    ...shared,
+    fn: async () => {
+      assert.ok(runner, "the lab did not start");
+      const o = await runner.run(c);
       for (const r of o.retried) console.log(`probed again: ${r}`);
       assert.equal(
         o.status,

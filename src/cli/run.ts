@@ -22,6 +22,7 @@ import { DEFAULT_CHECK_INTERVAL_MS, RuleSync } from "../rules/rule_sync.ts";
 import { type QueueCounters, UnjudgedMonitor } from "../rules/unjudged.ts";
 // Not source.ts: that loads client-node, which a --manifests run never needs.
 import { DEFAULT_STALL_TIMEOUT_MS } from "../k8s/watch_transport.ts";
+import { DEFAULT_ABSENT_RECHECK_MS } from "../k8s/kinds.ts";
 import { flagHelp, type FlagSpec, parseDuration, parseFlags, UsageError } from "./args.ts";
 import { LocalPodAddresses, parsePodCIDRs, type UnknownPodMembers } from "../policy/local_pods.ts";
 import { DEFAULT_UNKNOWN_POD_TIMEOUT_MS } from "../verdict/held_verdicts.ts";
@@ -51,6 +52,7 @@ const FLAGS: FlagSpec = {
     type: "string",
     default: `${DEFAULT_UNKNOWN_POD_TIMEOUT_MS / 1000}s`,
   },
+  "crd-recheck-interval": { type: "string", default: `${DEFAULT_ABSENT_RECHECK_MS / 1000}s` },
   help: { type: "boolean", short: "h", default: false },
 };
 
@@ -87,6 +89,8 @@ const HELP: Record<string, string> = {
     "clusters whose Node objects lack them)",
   "unknown-pod-timeout": "how long a new connection from or to an address of this node's pod " +
     "CIDRs that no known pod owns waits for its pod (then --fail-open decides); 0 turns it off",
+  "crd-recheck-interval": "how often a policy kind the API server does not serve (its CRD is " +
+    "not installed) is looked for again; until then none of it exists",
   help: "show this help",
 };
 
@@ -114,6 +118,7 @@ export interface RunOptions {
   podCIDRs: string[];
   /** 0: the pod-start race is not handled (sets empty, nothing held). */
   unknownPodTimeoutMs: number;
+  crdRecheckIntervalMs: number;
 }
 
 function intFlag(values: Record<string, unknown>, name: string, min: number, max: number): number {
@@ -183,6 +188,12 @@ export function parseRunFlags(args: string[]): RunOptions | "help" {
       String(values["unknown-pod-timeout"]),
       0,
       60_000,
+    ),
+    crdRecheckIntervalMs: parseDuration(
+      "crd-recheck-interval",
+      String(values["crd-recheck-interval"]),
+      1000,
+      3_600_000,
     ),
   };
   const podCIDRs = parsePodCIDRs((values["pod-cidr"] as string[] | undefined) ?? []);
@@ -412,6 +423,7 @@ export class Agent {
       log: this.log,
       metrics: this.metrics,
       stallTimeoutMs: this.opts.watchStallTimeoutMs,
+      absentRecheckMs: this.opts.crdRecheckIntervalMs,
     });
   }
 
@@ -457,6 +469,9 @@ export class Agent {
   private refreshGauges(): void {
     const s = this.engine.stats();
     this.metrics.policies.set(s.policies);
+    for (const [tier, n] of Object.entries(this.engine.clusterPoliciesByTier())) {
+      this.metrics.clusterPolicies.set({ tier }, n);
+    }
     // Objects the engine rejected, plus those the source could not even read or recognise.
     this.metrics.invalidObjects.set(this.invalid.size + (this.source?.errors?.().length ?? 0));
   }
@@ -478,7 +493,8 @@ export class Agent {
     if (!health.ok) return { ok: false, detail: health.detail };
     const rules = this.rules?.health() ?? { ok: false, detail: "rules not installed" };
     if (!rules.ok) return rules;
-    return { ok: true, detail: "ok" };
+    // `/readyz?verbose` shows it: which kinds are watched, and which are not served (no CRD).
+    return { ok: true, detail: health.detail };
   }
 
   /** Idempotent: stop taking packets, settle the rules per --fail-open, close the server. */

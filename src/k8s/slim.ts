@@ -5,12 +5,15 @@
  * describes is what keeps the agent small on nodes of big clusters.
  */
 import type {
+  ClusterPolicyObject,
   ContainerPort,
   Namespace,
   NetworkPolicy,
-  ObjectKind,
+  Node,
+  NodeAddress,
   ObjectMeta,
   Pod,
+  StateObjectKind,
 } from "../policy/types.ts";
 
 type Json = Record<string, unknown>;
@@ -108,7 +111,50 @@ export function slimNetworkPolicy(raw: unknown): NetworkPolicy {
   return { metadata: slimMeta(o.metadata), spec: o.spec as NetworkPolicy["spec"] };
 }
 
-export function slimObject(kind: ObjectKind, raw: unknown): Pod | Namespace | NetworkPolicy {
+/**
+ * A Node carries images, conditions, capacity and daemon endpoints (often several kB); `nodes`
+ * peers read its labels and addresses, and the pod CIDRs say where new pods get addresses.
+ */
+export function slimNode(raw: unknown): Node {
+  const o = obj(raw) ?? {};
+  const node: Node = { metadata: slimMeta(o.metadata) };
+  const spec = obj(o.spec);
+  if (spec) {
+    const s: NonNullable<Node["spec"]> = {};
+    const podCIDR = str(spec.podCIDR);
+    if (podCIDR !== undefined) s.podCIDR = podCIDR;
+    if (Array.isArray(spec.podCIDRs)) s.podCIDRs = spec.podCIDRs as string[];
+    node.spec = s;
+  }
+  const addresses = obj(o.status)?.addresses;
+  if (Array.isArray(addresses)) {
+    node.status = {
+      addresses: addresses.map((a) => {
+        const e = obj(a) ?? {};
+        const out: NodeAddress = {};
+        if (e.type !== undefined) out.type = e.type as string;
+        if (e.address !== undefined) out.address = e.address as string;
+        return out;
+      }),
+    };
+  }
+  return node;
+}
+
+/**
+ * Cluster-scoped policies are small and validated field by field when compiled: keep the spec
+ * whole (a field this agent does not know must reach the compiler, which fails closed on it),
+ * drop the status (conditions written by other implementations).
+ */
+export function slimClusterPolicy(raw: unknown): ClusterPolicyObject {
+  const o = obj(raw) ?? {};
+  return { metadata: slimMeta(o.metadata), spec: o.spec } as ClusterPolicyObject;
+}
+
+/** Every kind the informers deliver. */
+export type SlimObject = Pod | Namespace | NetworkPolicy | Node | ClusterPolicyObject;
+
+export function slimObject(kind: StateObjectKind, raw: unknown): SlimObject {
   switch (kind) {
     case "Pod":
       return slimPod(raw);
@@ -116,5 +162,11 @@ export function slimObject(kind: ObjectKind, raw: unknown): Pod | Namespace | Ne
       return slimNamespace(raw);
     case "NetworkPolicy":
       return slimNetworkPolicy(raw);
+    case "Node":
+      return slimNode(raw);
+    case "ClusterNetworkPolicy":
+    case "AdminNetworkPolicy":
+    case "BaselineAdminNetworkPolicy":
+      return slimClusterPolicy(raw);
   }
 }

@@ -14,15 +14,23 @@
  *
  * This is client-node's makeInformer minus its `Watch`: ListWatch gets our DenoWatchTransport
  * (see watch_transport.ts for why) and a list function that pages and slims objects.
+ *
+ * Optional kinds (kinds.ts: the network-policy-api CRDs, and Node): a cluster without them must
+ * look exactly like before to NetworkPolicy users. A 404 on an optional kind's list or watch means
+ * the API server does not serve it (its CRD is not installed, or was removed): no such object
+ * exists, so whatever was cached of the kind is deleted, the kind counts as synced (readiness never
+ * waits for it) and healthy, it is logged once, and the list is tried again every
+ * `absentRecheckMs` until the CRD appears. A 403 (the ClusterRole lacks the kind) before the kind's
+ * first list also lets the rest be enforced, but fails readiness with the reason until granted.
  */
 import { type KubernetesObject, ListWatch } from "@kubernetes/client-node";
 import type { Logger } from "../log.ts";
 import type { AgentMetrics } from "../metrics.ts";
-import type { Namespace, NetworkPolicy, ObjectKind, Pod } from "../policy/types.ts";
 import type { StateEvent } from "../state/events.ts";
 import type { ClusterSource, SourceHealth } from "../state/source.ts";
 import { type ApiClient, createApiClient, loadKubeConfig } from "./api_client.ts";
-import { slimObject } from "./slim.ts";
+import { type SlimObject, slimObject } from "./slim.ts";
+import { API_KINDS, type ApiKind, DEFAULT_ABSENT_RECHECK_MS } from "./kinds.ts";
 import {
   DEFAULT_STALL_TIMEOUT_MS,
   DenoWatchTransport,
@@ -48,31 +56,21 @@ export interface KubernetesSourceOptions {
   listPageSize?: number;
   /** Time for backoffs and the stall watchdog (tests pass a manual clock). */
   clock?: Clock;
+  /** An optional kind the server does not serve is looked for again this often (default 30 s). */
+  absentRecheckMs?: number;
 }
 
-export { DEFAULT_STALL_TIMEOUT_MS };
-
-interface KindSpec {
-  kind: ObjectKind;
-  path: string;
-  /** Metric label and log name. */
-  label: string;
-}
-
-/** Namespaces first so pods and policies mostly land in a namespace the engine already knows. */
-const KINDS: KindSpec[] = [
-  { kind: "Namespace", path: "/api/v1/namespaces", label: "namespaces" },
-  { kind: "Pod", path: "/api/v1/pods", label: "pods" },
-  {
-    kind: "NetworkPolicy",
-    path: "/apis/networking.k8s.io/v1/networkpolicies",
-    label: "networkpolicies",
-  },
-];
+export { DEFAULT_ABSENT_RECHECK_MS, DEFAULT_STALL_TIMEOUT_MS };
 
 const SOURCE = "apiserver";
 
-type Slim = (Pod | Namespace | NetworkPolicy) & KubernetesObject;
+type Slim = SlimObject & KubernetesObject;
+
+/** An HTTP status an optional kind's list or watch may answer instead of its objects. */
+function unavailableStatus(err: unknown): number | undefined {
+  const e = err as { unavailable?: number; statusCode?: number } | undefined;
+  return e?.unavailable ?? (e?.statusCode === 404 ? 404 : undefined);
+}
 
 /** Why an informer was (re)started: the `cause` label of the restarts counter. */
 export type RestartCause = "error" | "list-error" | "stall";
@@ -88,8 +86,10 @@ interface ServerTraits {
 }
 
 class KindInformer {
-  /** The first list of this kind has been delivered. */
+  /** The first list of this kind has been delivered (or the server does not serve the kind). */
   synced = false;
+  /** An optional kind the server answered 404 for: none exist; looked for again periodically. */
+  absent = false;
   /** Watching: the last watch request was answered 200 and has not failed since. */
   up = false;
   /**
@@ -109,10 +109,11 @@ class KindInformer {
   private readonly stopping = new AbortController();
   private readonly clock: Clock;
   private readonly transport: DenoWatchTransport;
-  readonly informer: ListWatch<Slim>;
+  /** Replaced when the kind turns out absent: a new ListWatch starts with an empty cache. */
+  informer: ListWatch<Slim>;
 
   constructor(
-    readonly spec: KindSpec,
+    readonly spec: ApiKind,
     private readonly client: ApiClient,
     private readonly opts: InformerSettings,
     private readonly traits: ServerTraits,
@@ -215,6 +216,14 @@ class KindInformer {
 
   health(): { ok: boolean; detail: string } {
     if (this.up) return { ok: true, detail: `${this.spec.label} watching` };
+    if (this.absent) {
+      return {
+        ok: true,
+        detail: `${this.spec.label} not served (CRD not installed; looked for every ${
+          Math.round(this.opts.absentRecheckMs / 1000)
+        }s)`,
+      };
+    }
     const why = this.lastProblem ? `: ${this.lastProblem}` : "";
     if (this.hung && !this.attempt) {
       return { ok: false, detail: `${this.spec.label} ${this.lastProblem}` };
@@ -232,12 +241,20 @@ class KindInformer {
     try {
       const listed = await this.listPages();
       this.lastHeard = this.clock.now();
+      if (this.absent) {
+        this.absent = false;
+        this.opts.log.info("the API server serves this kind now (CRD installed): watching", {
+          kind: this.spec.label,
+          objects: listed.items.length,
+        });
+      }
+      if (this.spec.optional) this.opts.metrics?.apiKindServed.set({ kind: this.spec.label }, 1);
       return listed;
     } catch (err) {
       // Tagged so the restart is counted as cause="list-error" (ListWatch reports both alike).
       throw Object.assign(
         new Error(`list ${this.spec.path}: ${describeError(err)}`, { cause: err }),
-        { listFailed: true },
+        { listFailed: true, unavailable: (err as { unavailable?: number }).unavailable },
       );
     }
   }
@@ -256,7 +273,11 @@ class KindInformer {
       );
       if (res.status !== 200) {
         const text = await res.text().catch(() => "");
-        throw new Error(`HTTP ${res.status} ${text.slice(0, 200)}`);
+        const error = new Error(`HTTP ${res.status} ${text.slice(0, 200)}`);
+        // The first page only: a 404 on a continuation is an expired token, not an absent kind.
+        const unavailable = this.spec.optional && !cont &&
+          (res.status === 404 || res.status === 403);
+        throw unavailable ? Object.assign(error, { unavailable: res.status }) : error;
       }
       const body = await res.json() as {
         metadata?: { resourceVersion?: string; continue?: string };
@@ -287,6 +308,17 @@ class KindInformer {
   /** ListWatch has stopped itself: schedule a restart. */
   private failed(err: unknown): void {
     if (this.stopped) return;
+    const status = this.spec.optional ? unavailableStatus(err) : undefined;
+    if (status === 404) return this.notServed();
+    if (status === 403 && !this.synced) {
+      // Enforce everything else meanwhile; readiness names the missing permission (health()).
+      this.opts.log.warn(
+        "not allowed to list this kind: what needs it (cluster policies, nodes peers) is not " +
+          "enforced until the ClusterRole grants list and watch (see install.yaml)",
+        { kind: this.spec.label, error: describeError(err) },
+      );
+      this.markSynced();
+    }
     const now = this.clock.now();
     // A watch that ran fine for a while before failing is a fresh problem, not a repeat.
     if (this.up && now - this.connectedAt > this.opts.restartBackoff.maxMs) this.attempt = 0;
@@ -315,6 +347,49 @@ class KindInformer {
     }, delay);
   }
 
+  /**
+   * The server does not serve this kind (404): no object of it exists. What was cached is deleted
+   * (the CRD was removed, and its objects with it), and the list is tried again later.
+   */
+  private notServed(): void {
+    this.lastHeard = this.clock.now();
+    this.setUp(false);
+    if (!this.absent) {
+      this.absent = true;
+      this.lastProblem = "";
+      this.opts.metrics?.informerUp.remove({ kind: this.spec.label });
+      this.opts.metrics?.apiKindServed.set({ kind: this.spec.label }, 0);
+      const cached = this.informer.list();
+      this.opts.log.info(
+        "the API server does not serve this kind (CRD not installed): none exist; " +
+          "looking again periodically",
+        {
+          kind: this.spec.label,
+          path: this.spec.path,
+          recheckS: Math.round(this.opts.absentRecheckMs / 1000),
+          ...(cached.length ? { deleted: cached.length } : {}),
+        },
+      );
+      for (const o of cached) this.remove(o);
+      // A fresh ListWatch: empty cache, and a full list (not a resumed watch) when it is back.
+      void this.informer.stop();
+      this.informer = this.createListWatch();
+    }
+    this.attempt = 0;
+    this.markSynced();
+    this.clock.clearTimeout(this.restartTimer);
+    this.restartTimer = this.clock.setTimeout(() => {
+      this.restartTimer = undefined;
+      if (!this.stopped) this.start();
+    }, this.opts.absentRecheckMs);
+  }
+
+  private markSynced(): void {
+    if (this.synced) return;
+    this.synced = true;
+    this.onSynced();
+  }
+
   private count(cause: RestartCause): void {
     this.opts.metrics?.informerRestarts.inc({ kind: this.spec.label, cause });
   }
@@ -322,6 +397,7 @@ class KindInformer {
   private setUp(up: boolean): void {
     if (up) this.lastProblem = "";
     this.up = up;
+    if (this.absent) return; // no informer_up series for a kind the server does not serve
     this.opts.metrics?.informerUp.set({ kind: this.spec.label }, up && this.synced ? 1 : 0);
   }
 }
@@ -337,6 +413,7 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): ClusterSo
       (() => 300 + Math.floor(Math.random() * 300)),
     listTimeoutMs: opts.listTimeoutMs ?? 60_000,
     listPageSize: opts.listPageSize ?? 500,
+    absentRecheckMs: opts.absentRecheckMs ?? DEFAULT_ABSENT_RECHECK_MS,
     clock: opts.clock ?? realClock,
   };
   const traits: ServerTraits = { sendsBookmarks: false };
@@ -367,7 +444,7 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): ClusterSo
       const onSynced = () => {
         if (allSynced()) resolveSynced?.();
       };
-      informers = KINDS.map((spec) =>
+      informers = API_KINDS.map((spec) =>
         new KindInformer(spec, client!, settings, traits, sink, onSynced)
       );
       if (opts.metrics) opts.metrics.watchAges = () => watchAges();

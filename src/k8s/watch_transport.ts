@@ -15,7 +15,7 @@
  */
 import type { Watch } from "@kubernetes/client-node";
 import { type Clock, realClock, type TimerHandle } from "../clock.ts";
-import type { ObjectKind } from "../policy/types.ts";
+import type { StateObjectKind } from "../policy/types.ts";
 import type { ApiClient } from "./api_client.ts";
 import { slimObject } from "./slim.ts";
 
@@ -71,7 +71,7 @@ export class DenoWatchTransport {
 
   constructor(
     private readonly client: ApiClient,
-    private readonly kind: ObjectKind,
+    private readonly kind: StateObjectKind,
     private readonly opts: WatchTransportOptions,
     private readonly hooks: WatchHooks,
   ) {

@@ -48,6 +48,7 @@ import type {
   Node,
   ObjectError,
   Pod,
+  Tier,
   TierRuleRef,
 } from "./types.ts";
 
@@ -515,11 +516,6 @@ export class PolicyEngine {
     return { ingress: ingress.sort(), egress: egress.sort() };
   }
 
-  /** The pod CIDRs of the Node object named `node` (canonical text); none when unknown. */
-  nodePodCIDRs(node: string): readonly string[] {
-    return this.nodes.podCIDRsOf(node);
-  }
-
   /**
    * Whether `ip` (canonical text) is known to be on `node`: a pod there owns it (isolated or not),
    * or it is one of that Node object's addresses. See local_pods.ts for what uses it.
@@ -775,6 +771,11 @@ export class PolicyEngine {
     if (this.nodes.delete(name)) this._generation++;
   }
 
+  /** Node `name`'s pod CIDRs (canonical text); undefined when no such Node is known. */
+  nodePodCIDRs(name: string): readonly string[] | undefined {
+    return this.nodes.podCIDRsOf(name);
+  }
+
   /** "<Kind>/<name>" of every applied cluster-scoped policy, in evaluation order per tier. */
   clusterPolicyKeys(): string[] {
     const all = [...this.clusterPolicies.values()].sort(tierOrder);
@@ -782,6 +783,13 @@ export class PolicyEngine {
       ...all.filter((p) => p.tier === "Admin"),
       ...all.filter((p) => p.tier === "Baseline"),
     ].map((p) => p.key);
+  }
+
+  /** Applied cluster-scoped policies per tier (an unknown `tier` counts as Admin, where it acts). */
+  clusterPoliciesByTier(): Record<Tier, number> {
+    const out: Record<Tier, number> = { Admin: 0, Baseline: 0 };
+    for (const p of this.clusterPolicies.values()) out[p.tier]++;
+    return out;
   }
 
   tierStats(): TierStats {

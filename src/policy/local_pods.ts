@@ -19,7 +19,8 @@ import { Cidr } from "./cidr.ts";
 /** What this needs from the engine (PolicyEngine implements it). */
 export interface LocalAddressSource {
   readonly generation: number;
-  nodePodCIDRs(node: string): readonly string[];
+  /** undefined when no such Node is known. */
+  nodePodCIDRs(node: string): readonly string[] | undefined;
   isLocalAddress(ip: string, node: string): boolean;
   localAddresses(node: string): string[];
 }
@@ -123,7 +124,7 @@ export class LocalPodAddresses {
     const generation = this.engine.generation;
     if (generation !== this.seenGeneration) {
       this.seenGeneration = generation;
-      const texts = this.engine.nodePodCIDRs(this.node);
+      const texts = this.engine.nodePodCIDRs(this.node) ?? [];
       const joined = texts.join(",");
       if (joined !== this.cidrTexts) {
         this.cidrTexts = joined;

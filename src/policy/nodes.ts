@@ -93,6 +93,11 @@ export class NodeIndex {
     return this.byIP.get(ip)?.[0]?.labels;
   }
 
+  /** The pod CIDRs of node `name` ([] when it has none; undefined when there is no such node). */
+  podCIDRsOf(name: string): readonly string[] | undefined {
+    return this.nodes.get(name)?.podCIDRs;
+  }
+
   /** The name of the node owning `ip` (canonical text), if any. */
   nameAt(ip: string): string | undefined {
     return this.byIP.get(ip)?.[0]?.name;
@@ -101,11 +106,6 @@ export class NodeIndex {
   /** A node's InternalIP/ExternalIP addresses (canonical text); none for an unknown node. */
   addressesOf(name: string): readonly string[] {
     return this.nodes.get(name)?.ips ?? [];
-  }
-
-  /** A node's pod CIDRs (canonical text); none for an unknown node or one without them. */
-  podCIDRsOf(name: string): readonly string[] {
-    return this.nodes.get(name)?.podCIDRs ?? [];
   }
 }
 
