@@ -51,6 +51,11 @@ export const LIBC_SYMBOLS = {
   getdents64: { parameters: ["i32", "buffer", "usize"], result: "isize" },
   /** long sysconf(int name) — clock ticks per second for /proc CPU times. */
   sysconf: { parameters: ["i32"], result: "i64" },
+  /**
+   * int socket(int domain, int type, int protocol) — the verdict cache's own NETLINK_NETFILTER
+   * socket, on which the worker empties the cache sets (src/netlink/set_flush.ts).
+   */
+  socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
   /** ssize_t recv(int sockfd, void *buf, size_t len, int flags) — blocks up to SO_RCVTIMEO. */
   recv: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
   /** ssize_t send(int sockfd, const void *buf, size_t len, int flags) */

@@ -23,6 +23,14 @@ import { type QueueCounters, UnjudgedMonitor } from "../rules/unjudged.ts";
 // Not source.ts: that loads client-node, which a --manifests run never needs.
 import { DEFAULT_STALL_TIMEOUT_MS } from "../k8s/watch_transport.ts";
 import { flagHelp, type FlagSpec, parseDuration, parseFlags, UsageError } from "./args.ts";
+import type { VerdictCacheRuleOptions } from "../rules/verdict_cache_rules.ts";
+import { allObservers, CacheHitCounter } from "../rules/cache_hits.ts";
+import {
+  parseVerdictCacheFlags,
+  VERDICT_CACHE_FLAGS,
+  VERDICT_CACHE_HELP,
+  workerCacheOptions,
+} from "./verdict_cache_flags.ts";
 
 const FLAGS: FlagSpec = {
   kubeconfig: { type: "string" },
@@ -41,6 +49,7 @@ const FLAGS: FlagSpec = {
   "deny-log-rate": { type: "string", default: String(DEFAULT_DENY_LOG_RATE) },
   "dataplane-check-interval": { type: "string", default: `${DEFAULT_CHECK_INTERVAL_MS / 1000}s` },
   "watch-stall-timeout": { type: "string", default: `${DEFAULT_STALL_TIMEOUT_MS / 1000}s` },
+  ...VERDICT_CACHE_FLAGS,
   help: { type: "boolean", short: "h", default: false },
 };
 
@@ -69,6 +78,7 @@ const HELP: Record<string, string> = {
     "something flushed or deleted them",
   "watch-stall-timeout": "a watch with no event and no bookmark for this long is presumed hung: " +
     "/readyz fails and it is re-opened (the API server sends bookmarks about every minute)",
+  ...VERDICT_CACHE_HELP,
   help: "show this help",
 };
 
@@ -90,6 +100,8 @@ export interface RunOptions {
   denyLogRate: number;
   dataplaneCheckIntervalMs: number;
   watchStallTimeoutMs: number;
+  /** The kernel verdict cache; undefined with --verdict-cache=false. */
+  verdictCache?: VerdictCacheRuleOptions;
 }
 
 function intFlag(values: Record<string, unknown>, name: string, min: number, max: number): number {
@@ -157,8 +169,10 @@ export function parseRunFlags(args: string[]): RunOptions | "help" {
   // Last: the hostname fallback needs a permission, and flag mistakes should be reported first.
   const nodeName = (values["hostname-override"] as string | undefined) ||
     Deno.env.get("NODE_NAME") || Deno.hostname();
+  const verdictCache = parseVerdictCacheFlags(values, numbers.denyMark);
   return {
     ...numbers,
+    ...(verdictCache ? { verdictCache } : {}),
     kubeconfig: values.kubeconfig as string | undefined,
     manifests: (values.manifests as string[] | undefined) ?? [],
     nodeName,
@@ -266,17 +280,24 @@ export class Agent {
       metrics: this.metrics,
       log,
     });
+    const cacheHits = opts.verdictCache
+      ? new CacheHitCounter(this.metrics, log, opts.verdictCache.timeoutSeconds)
+      : undefined;
     this.rules = await RuleSync.start(
       {
         queueId: opts.queueId,
         failOpen: opts.failOpen,
         denyMark: opts.denyMark,
+        ...(opts.verdictCache ? { verdictCache: opts.verdictCache } : {}),
       },
       this.engine,
       opts.nodeName,
       this.metrics,
       log,
-      { checkIntervalMs: opts.dataplaneCheckIntervalMs, observer: this.unjudged },
+      {
+        checkIntervalMs: opts.dataplaneCheckIntervalMs,
+        observer: allObservers(this.unjudged, cacheHits),
+      },
     );
 
     const { VerdictLoop } = await import("../verdict/verdict_loop.ts");
@@ -289,6 +310,7 @@ export class Agent {
         nodeName: opts.nodeName,
         logAllows: opts.verbosity >= 4,
         denyLogRate: opts.denyLogRate,
+        ...workerCacheOptions(opts.verdictCache, this.rules.backendName),
       },
       this.metrics,
       new DenyLog(log),

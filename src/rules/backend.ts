@@ -2,6 +2,11 @@
  * The interface every rule backend implements, and the options they share. What the rules do and
  * why (hooks, chain order, the deny-mark contract, updates, shutdown) is in docs/rules.md.
  */
+import {
+  type CacheHits,
+  validateCacheOptions,
+  type VerdictCacheRuleOptions,
+} from "./verdict_cache_rules.ts";
 
 export interface RuleOptions {
   /** NFQUEUE number the verdict loop listens on. */
@@ -10,6 +15,8 @@ export interface RuleOptions {
   failOpen: boolean;
   /** Packet mark bit(s) the verdict loop sets on denied packets (see src/verdict/marks.ts). */
   denyMark: number;
+  /** The kernel verdict cache (verdict_cache_rules.ts); absent: off (`--verdict-cache=false`). */
+  verdictCache?: VerdictCacheRuleOptions;
 }
 
 /** Local pod IPs to queue, IPv4 and IPv6 mixed; from `engine.queuedIPs(node)`. */
@@ -36,6 +43,11 @@ export interface DataplaneStatus {
    * families (their own counters); undefined when the rules could not be read.
    */
   queueRulePackets?: number;
+  /**
+   * First packets the verdict cache answered in the kernel since the rules were installed, by
+   * verdict (the hit rules' own counters); undefined when the cache is off or unreadable.
+   */
+  cacheHits?: CacheHits;
 }
 
 export interface RuleBackend {
@@ -67,4 +79,5 @@ export function validateRuleOptions(opts: RuleOptions): void {
   if (!Number.isInteger(opts.denyMark) || opts.denyMark <= 0 || opts.denyMark > 0xffffffff) {
     throw new RangeError(`denyMark must be a non-zero 32-bit mark, got ${opts.denyMark}`);
   }
+  if (opts.verdictCache) validateCacheOptions(opts.verdictCache, opts.denyMark);
 }

@@ -19,6 +19,15 @@ import {
 } from "./backend.ts";
 import { type CommandRunner, denoCommandRunner, runChecked } from "./command.ts";
 import { desiredMembers, diffMembers, QUEUE_SETS, setDamage } from "./queue_sets.ts";
+import {
+  type CacheHits,
+  nftCacheAllowFillRules,
+  nftCacheDenyFillRules,
+  nftCacheHitRules,
+  nftCacheHitVerdict,
+  nftNotMarked,
+  renderNftCacheSets,
+} from "./verdict_cache_rules.ts";
 
 export const NFT_TABLE = "inet kube-netpol";
 const JUDGE = "judge";
@@ -35,10 +44,10 @@ export function renderNftQueue(opts: RuleOptions): string {
  * is a no-op, so set members survive a re-install; our chains are flushed and refilled in the
  * same transaction, so the kernel never sees a half-built rule set.
  */
-export function renderNftInstall(opts: RuleOptions): string {
+export function renderNftInstall(opts: RuleOptions, existingSets: readonly string[] = []): string {
   const m = hex(opts.denyMark);
   const marked = `meta mark & ${m} == ${m}`;
-  const isNew = `ct state new meta mark & ${m} != ${m}`;
+  const isNew = `ct state new ${nftNotMarked(opts)}`;
   const queue = renderNftQueue(opts);
   const rule = (body: string) => `add rule ${NFT_TABLE} ${JUDGE} ${body}`;
   const lines = [`add table ${NFT_TABLE}`];
@@ -48,6 +57,9 @@ export function renderNftInstall(opts: RuleOptions): string {
   lines.push(
     `add chain ${NFT_TABLE} ${JUDGE}`,
     `flush chain ${NFT_TABLE} ${JUDGE}`,
+    // The chain no longer references the cache sets: they can be replaced by fresh ones.
+    ...renderNftCacheSets(opts, NFT_TABLE, existingSets),
+    ...nftCacheDenyFillRules(opts).map(rule),
     rule(`${marked} meta l4proto tcp reject with tcp reset`),
     rule(`${marked} meta l4proto udp reject with icmpx type port-unreachable`),
     rule(`${marked} drop`),
@@ -56,8 +68,10 @@ export function renderNftInstall(opts: RuleOptions): string {
     `${s.family === 4 ? "ip" : "ip6"} ${s.direction === "ingress" ? "daddr" : "saddr"} @${s.name}`;
   // Packets conntrack cannot place are never queued: drop them where the pod is isolated.
   for (const s of QUEUE_SETS) lines.push(rule(`ct state invalid ${match(s)} drop`));
+  lines.push(...nftCacheHitRules(opts).map(rule));
   // The counter lets the dataplane check count packets the kernel let through unjudged.
   for (const s of QUEUE_SETS) lines.push(rule(`${isNew} ${match(s)} counter ${queue}`));
+  lines.push(...nftCacheAllowFillRules(opts).map(rule));
   for (const b of BASE_CHAINS) {
     lines.push(
       `add chain ${NFT_TABLE} ${b.name} { type filter hook ${b.hook} priority filter - 10; policy accept; }`,
@@ -108,6 +122,8 @@ export interface NftView {
   rules: Map<string, string[]>;
   /** Packets counted by the rules that queue. */
   queuePackets: number;
+  /** Packets counted by the verdict cache's hit rules, by verdict. */
+  cacheHits: CacheHits;
 }
 
 export function readNftTable(json: string): NftView {
@@ -116,6 +132,7 @@ export function readNftTable(json: string): NftView {
     chains: new Map(),
     rules: new Map(),
     queuePackets: 0,
+    cacheHits: { allow: 0, deny: 0 },
   };
   const doc = JSON.parse(json) as { nftables?: Array<Record<string, unknown>> };
   for (const item of doc.nftables ?? []) {
@@ -134,6 +151,8 @@ export function readNftTable(json: string): NftView {
       return { counter: null };
     });
     if (expr.some((e) => "queue" in e)) view.queuePackets += packets;
+    const hit = nftCacheHitVerdict(expr);
+    if (hit) view.cacheHits[hit] += packets;
     const list = view.rules.get(rule.chain) ?? [];
     list.push(JSON.stringify(shape));
     view.rules.set(rule.chain, list);
@@ -182,7 +201,10 @@ export class NftablesBackend implements RuleBackend {
   }
 
   async install(): Promise<void> {
-    await runChecked(this.run, "nft", ["-f", "-"], renderNftInstall(this.opts));
+    // Cache sets present now are replaced by fresh ones (other flags, or stale entries).
+    const before = await this.run.run("nft", ["-j", "list", "table", ...NFT_TABLE.split(" ")]);
+    const existing = before.code === 0 ? [...parseNftSetMembers(before.stdout).keys()] : [];
+    await runChecked(this.run, "nft", ["-f", "-"], renderNftInstall(this.opts, existing));
     this.installed = readNftTable(await this.list());
   }
 
@@ -198,6 +220,7 @@ export class NftablesBackend implements RuleBackend {
         ...setDamage(now.sets, synced),
       ],
       queueRulePackets: now.queuePackets,
+      ...(this.opts.verdictCache ? { cacheHits: now.cacheHits } : {}),
     };
   }
 

@@ -17,6 +17,7 @@ import type { Connection, Decision } from "../policy/types.ts";
 import { NF_ACCEPT, NF_DROP, NF_REPEAT, type NfVerdict } from "../netlink/nfqueue.ts";
 import type { PacketStats } from "./verdict_stats.ts";
 import type { VerdictRecord } from "./verdict_protocol.ts";
+import { cacheable } from "./verdict_cache.ts";
 
 export interface JudgeOptions {
   nodeName: string;
@@ -46,6 +47,12 @@ export class PacketJudge {
   private failure: ParseFailureResult | undefined;
   private error: unknown;
   private family: 4 | 6 = 4;
+  /**
+   * The verdict cache's mark for allowed and for denied packets the kernel may remember now; 0
+   * when it may not (cache off, or not current: see verdict_cache.ts). Set between turns.
+   */
+  private cacheAllowMark = 0;
+  private cacheDenyMark = 0;
 
   constructor(
     private readonly engine: PolicyEngine,
@@ -53,6 +60,12 @@ export class PacketJudge {
     private readonly stats: PacketStats,
     private readonly clock: Clock = () => performance.now(),
   ) {}
+
+  /** What later verdicts mark for the kernel verdict cache (0: nothing); see WorkerCache. */
+  setCacheMarks(allow: number, deny: number): void {
+    this.cacheAllowMark = allow >>> 0;
+    this.cacheDenyMark = deny >>> 0;
+  }
 
   /**
    * Judges one packet. Never throws. `started` is the clock's reading when the packet was
@@ -97,12 +110,17 @@ export class PacketJudge {
       stats.direction("ingress", decision.ingress.verdict);
     }
     if (decision.verdict === "allow") {
-      out.verdict = NF_ACCEPT;
       out.allowed = true;
+      if (this.cacheAllowMark !== 0 && cacheable(payload, p)) {
+        // Handed back once more so the kernel remembers the key (and accepts the packet).
+        out.verdict = NF_REPEAT;
+        out.mark = (mark | this.cacheAllowMark) >>> 0;
+      } else out.verdict = NF_ACCEPT;
       stats.packet("allow", p.protocol, p.family === 6 ? "6" : "4", this.micros(started));
       return out;
     }
-    return this.deny(this.refusal(p, mark), p.protocol, started);
+    const remember = this.cacheDenyMark !== 0 && cacheable(payload, p) ? this.cacheDenyMark : 0;
+    return this.deny(this.refusal(p, mark | remember), p.protocol, started);
   }
 
   /**

@@ -43,6 +43,9 @@ export class VerdictLoop {
   private readonly failingSources = new Set<SystemStatsSource>();
   /** The latest counters of our queue from /proc and when they arrived (performance.now()). */
   latestQueue?: { stats: NfqueueStats; at: number };
+  /** State events up to this one are applied and flushed out of the verdict cache. */
+  private cacheCurrentSeq = 0;
+  private cacheWaiters: (() => void)[] = [];
 
   private constructor(
     private readonly worker: Worker,
@@ -124,12 +127,22 @@ export class VerdictLoop {
       this.onSystemStats(msg.stats);
       return;
     }
+    if (msg.type === "cache-current") {
+      this.cacheCurrentSeq = Math.max(this.cacheCurrentSeq, msg.seq);
+      if (this.cacheCurrentSeq >= this.seq) { for (const w of this.cacheWaiters.splice(0)) w(); }
+      return;
+    }
     if (msg.type === "warning") {
       this.log.warn("verdict loop warning; packets are still judged", { error: msg.message });
       return;
     }
     if (msg.type !== "report") return;
     recordSnapshot(this.metrics, msg.stats);
+    if (msg.cache) {
+      this.metrics.verdictCacheMisses.inc(msg.cache.misses);
+      this.metrics.verdictCacheInvalidations.inc(msg.cache.invalidations);
+      this.metrics.verdictCacheInvalidationFailures.inc(msg.cache.failures);
+    }
     for (const w of msg.warnings) this.log.warn(w);
     try {
       this.records.write(msg.records, msg.heldBack);
@@ -165,6 +178,15 @@ export class VerdictLoop {
     this.worker.postMessage({ type: "event", seq, event: ev } satisfies ToWorker);
     // Bumped after posting: a worker that sees the new number knows the message is on its way.
     Atomics.store(this.control, SLOT_POSTED_SEQ, seq);
+  }
+
+  /**
+   * Resolves once the worker applied every event posted so far and emptied the verdict cache
+   * after them (only with the cache on; tests and the bench use it to know a change is in force).
+   */
+  cacheCurrent(): Promise<void> {
+    if (this.cacheCurrentSeq >= this.seq) return Promise.resolve();
+    return new Promise((resolve) => this.cacheWaiters.push(resolve));
   }
 
   /** The state is complete: start judging (packets waited in the kernel queue until now). */

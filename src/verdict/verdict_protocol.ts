@@ -8,6 +8,8 @@ import type { StateEvent } from "../state/events.ts";
 import type { Decision } from "../policy/types.ts";
 import type { PacketStatsSnapshot } from "./verdict_stats.ts";
 import type { SystemStats } from "./system_stats.ts";
+import type { FlushTarget } from "../netlink/set_flush.ts";
+import type { CacheCounts } from "./verdict_cache.ts";
 
 export interface VerdictLoopOptions {
   queueId: number;
@@ -28,6 +30,17 @@ export interface VerdictLoopOptions {
   recvTimeoutMs?: number;
   /** Deny records (log lines) per second at most, burst twice that; default 50 (deny_log.ts). */
   denyLogRate?: number;
+  /** The kernel verdict cache (verdict_cache.ts); absent: off. */
+  verdictCache?: WorkerCacheOptions;
+}
+
+export interface WorkerCacheOptions {
+  /** Mark bit for verdicts the kernel may remember (src/verdict/marks.ts). */
+  mark: number;
+  /** Denies are remembered too (the rules have deny sets). */
+  denies: boolean;
+  /** The sets the worker empties after every state change. */
+  target: FlushTarget;
 }
 
 /**
@@ -109,7 +122,14 @@ export type FromWorker =
     heldBack: HeldBack;
     /** Problems the worker survived (netlink errors, send failures), already rate-limited. */
     warnings: string[];
+    /** Verdict cache counts since the last report (absent: nothing to count). */
+    cache?: CacheCounts;
   }
+  /**
+   * Every state event up to `seq` is applied and the verdict cache holds nothing judged before
+   * it (sent after each flush; tests and the bench wait for it).
+   */
+  | { type: "cache-current"; seq: number }
   /** The worker's /proc readings (queue counters, process metrics), every few seconds. */
   | { type: "system"; stats: SystemStats }
   | { type: "closed" };

@@ -40,6 +40,9 @@ import {
 } from "./verdict_protocol.ts";
 import { PacketStats } from "./verdict_stats.ts";
 import { SystemStatsReader } from "./system_stats.ts";
+import { NetlinkSocket } from "../../ffi/netlink_socket.ts";
+import { NETLINK_NETFILTER } from "../netlink/set_flush.ts";
+import { CacheFlusher, WorkerCache } from "./verdict_cache.ts";
 
 const REPORT_EVERY_MS = 250;
 /** Records are latency-sensitive (deny logs): sent sooner than statistics. */
@@ -58,6 +61,8 @@ const YIELD_EVERY_MS = 1000;
  * hundred bytes are normally touched.
  */
 const RECV_BUFFER_BYTES = 0x10000 + 4096;
+/** Longest wait for the kernel's answer to a cache flush (it normally comes inside the send). */
+const CACHE_FLUSH_WAIT_MS = 50;
 
 function post(msg: FromWorker): void {
   self.postMessage(msg);
@@ -72,6 +77,8 @@ const engine = new PolicyEngine();
 let applied = 0;
 /** Resolves the wait in catchUp() once the posted sequence number is reached. */
 let caughtUp: (() => void) | undefined;
+/** The kernel verdict cache's worker side (verdict_cache.ts); undefined when it is off. */
+let cache: WorkerCache | undefined;
 
 self.onmessage = (e: MessageEvent<ToWorker>) => {
   const msg = e.data;
@@ -90,6 +97,7 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
   }
   applyOne(msg.event);
   applied = msg.seq;
+  cache?.stateChanged();
   // End of a burst of changes: build the rule tables now, not on the next packet's path.
   if (applied >= Atomics.load(control, SLOT_POSTED_SEQ)) engine.prepare();
   Atomics.store(control, SLOT_APPLIED_SEQ, applied);
@@ -141,11 +149,17 @@ async function run(opts: VerdictLoopOptions): Promise<void> {
     recvTimeoutMs: opts.recvTimeoutMs ?? 5,
   });
   systemStats = new SystemStatsReader(opts.queueId, (stats) => post({ type: "system", stats }));
+  let cacheSocket: NetlinkSocket | undefined;
   try {
+    if (opts.verdictCache) {
+      cacheSocket = NetlinkSocket.open(NETLINK_NETFILTER, CACHE_FLUSH_WAIT_MS);
+      cache = new WorkerCache(new CacheFlusher(opts.verdictCache.target, cacheSocket));
+    }
     post({ type: "ready" });
     await loop(queue, opts);
   } finally {
     queue.close();
+    cacheSocket?.close();
   }
   post({ type: "closed" });
 }
@@ -166,6 +180,7 @@ async function loop(queue: NfQueue, opts: VerdictLoopOptions): Promise<void> {
       await sleep(5);
       continue;
     }
+    if (cache) turns.keepCacheCurrent(cache, performance.now(), applied);
     turns.drain();
     turns.send();
     const now = performance.now();
@@ -198,6 +213,8 @@ class VerdictTurns implements NetlinkSink {
   private warnings: string[] = [];
   private lastReport = performance.now();
   private lastRecords = this.lastReport;
+  private readonly cacheMark: number;
+  private readonly cacheDenies: boolean;
 
   constructor(
     private readonly queue: NfQueue,
@@ -208,6 +225,27 @@ class VerdictTurns implements NetlinkSink {
   ) {
     this.maxBatch = Math.max(1, opts.maxBatch ?? 64);
     this.batch = new VerdictBatch(opts.queueId, this.maxBatch);
+    this.cacheMark = opts.verdictCache?.mark ?? 0;
+    this.cacheDenies = opts.verdictCache?.denies ?? false;
+  }
+
+  /**
+   * Before a turn: empty the verdict cache if the state changed (so nothing judged before the
+   * change is served after it), and mark verdicts for caching only while the cache is current.
+   */
+  keepCacheCurrent(c: WorkerCache, now: number, appliedSeq: number): void {
+    if (c.beforeJudging(now)) post({ type: "cache-current", seq: appliedSeq });
+    const usable = c.usable;
+    this.judge.setCacheMarks(
+      usable ? this.cacheMark : 0,
+      usable && this.cacheDenies ? this.cacheMark : 0,
+    );
+    const failure = c.takeFailure();
+    if (failure) {
+      this.warn(
+        `emptying the verdict cache failed; nothing is cached until it works again: ${failure}`,
+      );
+    }
   }
 
   /** Read what the kernel queued (waiting for the first datagram), judging each packet. */
@@ -266,9 +304,10 @@ class VerdictTurns implements NetlinkSink {
   private postReport(periodic = false): void {
     const heldBack = periodic ? this.gate.takeHeldBack() : NOTHING_HELD_BACK;
     const stats = this.stats;
+    const cacheCounts = periodic ? cache?.drain() : undefined;
     if (
       stats.isEmpty && !this.records.length && !this.warnings.length &&
-      !heldBack.denies && !heldBack.allows
+      !heldBack.denies && !heldBack.allows && !cacheCounts
     ) return;
     post({
       type: "report",
@@ -276,6 +315,7 @@ class VerdictTurns implements NetlinkSink {
       records: this.records,
       heldBack,
       warnings: this.warnings,
+      ...(cacheCounts ? { cache: cacheCounts } : {}),
     });
     this.records = [];
     this.warnings = [];
@@ -288,6 +328,7 @@ class VerdictTurns implements NetlinkSink {
   // NetlinkSink: the decoder calls these for every message of a datagram.
 
   packet(p: QueuedPacket): void {
+    cache?.miss();
     const v = this.judge.judge(p.payload, p.mark, p.hwProtocol, this.started);
     this.batch.add(p.id, v.verdict, v.mark);
     if (this.gate.admit(v.allowed)) {
