@@ -197,6 +197,11 @@ export class LabAgent {
     return parseVerdictCounts(r.body);
   }
 
+  /** The agent's process id (`ip netns exec` replaces itself with it). */
+  get pid(): number {
+    return this.child.pid;
+  }
+
   get running(): boolean {
     return this.exited === undefined;
   }

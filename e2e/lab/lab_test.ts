@@ -49,7 +49,7 @@ async function withLab(fn: (lab: Lab, plan: LabClusterPlan) => Promise<void>): P
 /** withLab plus a running agent watching a manifest dir holding the plan's pods and `policies`. */
 async function withAgent(
   policies: NetworkPolicy[],
-  opts: { failOpen?: boolean },
+  opts: { failOpen?: boolean; extraArgs?: string[] },
   fn: (ctx: { lab: Lab; agent: LabAgent; dir: ManifestDir }) => Promise<void>,
 ): Promise<void> {
   await withLab(async (lab, plan) => {
@@ -61,6 +61,7 @@ async function withAgent(
         nodeName: plan.nodeName,
         manifestsDir: dir.path,
         failOpen: opts.failOpen ?? true,
+        extraArgs: opts.extraArgs,
       });
       try {
         await agent.waitEnforced(policies.map(policyKey));
@@ -77,6 +78,14 @@ async function withAgent(
     }
   });
 }
+
+/**
+ * A killed agent cannot empty the kernel verdict cache: what it judged last keeps applying until
+ * the entries expire (docs/rules.md "Verdict cache"). The crash tests use a 1 s cache and wait it
+ * out, then check what fail-open and fail-closed promise for everything after.
+ */
+const CRASH_OPTS = (failOpen: boolean) => ({ failOpen, extraArgs: ["--verdict-cache-timeout=1s"] });
+const outliveVerdictCache = () => new Promise((r) => setTimeout(r, 1200));
 
 function policyKey(np: NetworkPolicy): string {
   return `${np.metadata.namespace}/${np.metadata.name}`;
@@ -308,10 +317,11 @@ Deno.test(
   labTest,
   async () => {
     const denyX = policy("x", "deny-ingress", { podSelector: {}, policyTypes: ["Ingress"] });
-    await withAgent([denyX], { failOpen: true }, async ({ lab, agent }) => {
+    await withAgent([denyX], CRASH_OPTS(true), async ({ lab, agent }) => {
       const pairs = toXAFrom(["y/a", "z/b"]);
       assertMatrix("agent up", await probeMatrix(lab, pairs, "TCP", 80), () => "deny");
       await agent.kill("SIGKILL");
+      await outliveVerdictCache();
       const [tcp, udp] = await probeMatrices(lab, pairs, [
         { protocol: "TCP", port: 80 },
         { protocol: "UDP", port: 80 },
@@ -330,10 +340,11 @@ Deno.test(
       podSelector: { matchLabels: { pod: "a" } },
       ingress: [{}],
     });
-    await withAgent([allowXA], { failOpen: false }, async ({ lab, agent }) => {
+    await withAgent([allowXA], CRASH_OPTS(false), async ({ lab, agent }) => {
       const pairs = [...toXAFrom(["y/a", "z/b"]), { from: "y/a", to: "y/b" }];
       assertMatrix("agent up", await probeMatrix(lab, pairs, "TCP", 80), allowAll);
       await agent.kill("SIGKILL");
+      await outliveVerdictCache();
       // x/a is selected by a policy, so its traffic is queued and nobody answers; y/b is not.
       const expect: Expectation = (_f, to) => to === "x/a" ? "deny" : "allow";
       const [tcp, udp] = await probeMatrices(lab, pairs, [

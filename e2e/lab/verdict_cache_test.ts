@@ -229,6 +229,23 @@ Deno.test({
       assert.match(listed.stdout, /Number of entries: 0/);
       assert.equal((await probe1(lab, "x/client")).outcome, "connected");
     });
+
+    await t.step("a stopped verdict loop leaves nothing remembered", async () => {
+      assert.equal((await probe1(lab, "x/client")).outcome, "connected");
+      assert.equal((await probe1(lab, "x/other")).outcome, "refused");
+      const count = async (set: string) => {
+        const r = await lab.exec(lab.nodeNetns, ["ipset", "list", set]);
+        return Number(/Number of entries: (\d+)/.exec(r.stdout)?.[1]);
+      };
+      assert.equal(await count("kube-netpol-cache-allow-v4"), 1);
+      assert.equal(await count("kube-netpol-cache-deny-v4"), 1);
+      agent = undefined;
+      await a.stop();
+      assert.equal(await count("kube-netpol-cache-allow-v4"), 0);
+      assert.equal(await count("kube-netpol-cache-deny-v4"), 0);
+      // Fail-closed rules stay: with nobody on the queue, the next connection is not answered.
+      assert.equal((await probe1(lab, "x/client")).outcome, "timeout");
+    });
   } finally {
     await agent?.stop();
     await lab.destroy();

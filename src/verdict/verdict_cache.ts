@@ -145,6 +145,12 @@ export class WorkerCache {
     return false;
   }
 
+  /** Empties the sets now and marks nothing more (the loop is stopping). */
+  empty(): FlushResult {
+    this.healthy = false;
+    return this.flusher.flush();
+  }
+
   miss(): void {
     this.counts.misses++;
   }

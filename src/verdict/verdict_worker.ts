@@ -157,6 +157,12 @@ async function run(opts: VerdictLoopOptions): Promise<void> {
     }
     post({ type: "ready" });
     await loop(queue, opts);
+    // Nothing judges any more: what the kernel remembers must not outlive the agent (with
+    // --fail-open=false the rules stay, and new connections must then fail as promised).
+    const emptied = cache?.empty();
+    if (emptied && !emptied.ok) {
+      post({ type: "warning", message: `emptying the verdict cache at stop: ${emptied.error}` });
+    }
   } finally {
     queue.close();
     cacheSocket?.close();
