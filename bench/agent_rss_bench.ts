@@ -190,7 +190,11 @@ export async function runAgentRssBench(
   try {
     await api.applyAll([
       ...cluster.namespaces.map((object) => ({ op: "apply", kind: "namespaces", object })),
-      ...cluster.pods.map((p, i) => ({ op: "apply", kind: "pods", object: fattenPod(p, i) })),
+      ...cluster.pods.map((p, i) => ({
+        op: "apply",
+        kind: "pods",
+        object: Deno.env.get("SLIMPODS") ? p : fattenPod(p, i),
+      })),
       ...cluster.policies.map((object) => ({ op: "apply", kind: "networkpolicies", object })),
     ]);
     const t0 = performance.now();

@@ -1,12 +1,13 @@
 /**
  * Every Prometheus metric kube-netpol exports, defined in one place on one Registry of our own
- * (prom-client's default process metrics read zeroes under Deno, so they are not collected).
+ * (process metrics are read by the verdict Worker from /proc: see process_stats.ts), written by
+ * our own small Prometheus client (prometheus.ts).
  *
  * Names users of the original project have dashboards on are kept as they were (microseconds, no
  * `_total`); everything added follows Prometheus conventions (base units, `_total` counters).
  * No label ever carries a pod name or an IP address: cardinality stays fixed.
  */
-import { Counter, Gauge, Histogram, Registry, Summary } from "prom-client";
+import { Counter, Gauge, Histogram, Registry, Summary } from "./prometheus.ts";
 
 /** Microsecond buckets for the original packet_process_time histogram. */
 const PACKET_MICROS_BUCKETS = [5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000];

@@ -1,5 +1,5 @@
 /**
- * The Kubernetes source against a fake API server: the real client-node informers (ListWatch)
+ * The Kubernetes source against a fake API server: our informers (ListWatch, list_watch.ts)
  * through our watch transport, feeding the real PolicyEngine. Every step ends with verdicts a
  * user relies on: a change made in the "cluster" must change what the node allows.
  *

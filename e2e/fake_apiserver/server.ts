@@ -112,40 +112,27 @@ export class FakeApiServer {
     this.acceptLoop = this.accept();
   }
 
-  /** A kubeconfig file pointing at this server (plain http needs insecure-skip-tls-verify). */
+  /**
+   * A kubeconfig file pointing at this server (plain http needs insecure-skip-tls-verify), in
+   * JSON (valid YAML too): the agent then needs no YAML parser, as in a cluster.
+   */
   async writeKubeconfig(dir: string, opts: KubeconfigOptions = {}): Promise<string> {
     const path = `${dir}/kubeconfig`;
     const user = opts.tokenFile
-      ? [
-        "    auth-provider:",
-        "      name: tokenFile",
-        "      config:",
-        `        tokenFile: ${opts.tokenFile}`,
-      ]
-      : ["    token: fake-token"];
-    await Deno.writeTextFile(
-      path,
-      [
-        "apiVersion: v1",
-        "kind: Config",
-        "clusters:",
-        "- name: fake",
-        "  cluster:",
-        `    server: ${this.url}`,
-        opts.caFile
-          ? `    certificate-authority: ${opts.caFile}`
-          : "    insecure-skip-tls-verify: true",
-        "users:",
-        "- name: tester",
-        "  user:",
-        ...user,
-        "contexts:",
-        "- name: fake",
-        "  context: { cluster: fake, user: tester }",
-        "current-context: fake",
-        "",
-      ].join("\n"),
-    );
+      ? { "auth-provider": { name: "tokenFile", config: { tokenFile: opts.tokenFile } } }
+      : { token: "fake-token" };
+    const cluster = opts.caFile
+      ? { server: this.url, "certificate-authority": opts.caFile }
+      : { server: this.url, "insecure-skip-tls-verify": true };
+    const config = {
+      apiVersion: "v1",
+      kind: "Config",
+      clusters: [{ name: "fake", cluster }],
+      users: [{ name: "tester", user }],
+      contexts: [{ name: "fake", context: { cluster: "fake", user: "tester" } }],
+      "current-context": "fake",
+    };
+    await Deno.writeTextFile(path, JSON.stringify(config, null, 2) + "\n");
     return path;
   }
 

@@ -7,6 +7,7 @@
  *   3. source started; once it has a full view: loop marked synced, sets synced, ready.
  */
 import { AgentMetrics } from "../metrics.ts";
+import { releaseMemory } from "../release_memory.ts";
 import { PolicyEngine } from "../policy/engine.ts";
 import { formatObjectError, type ObjectError } from "../policy/types.ts";
 import { createLogger, type Logger } from "../log.ts";
@@ -228,7 +229,8 @@ export async function runCommand(
 /** The running agent: owns every long-lived part and the order they start and stop in. */
 export class Agent {
   readonly metrics = new AgentMetrics();
-  readonly engine = new PolicyEngine();
+  /** Scoped to this node: the agent judges (and queues) only its own pods. */
+  readonly engine: PolicyEngine;
   private source?: ClusterSource;
   private loop?: VerdictLoop;
   private rules?: RuleSync;
@@ -238,6 +240,7 @@ export class Agent {
   private server?: { port: number; close(): Promise<void> };
   private readonly invalid = new Map<string, ObjectError[]>();
   private statsTimer?: ReturnType<typeof setInterval>;
+  private releaseTimer?: ReturnType<typeof setTimeout>;
   private stopping?: Promise<void>;
 
   constructor(
@@ -246,6 +249,7 @@ export class Agent {
     private readonly verdictWorker?: SpawnedVerdictWorker,
   ) {
     this.metrics.buildInfo.set({ version: opts.version ?? "unknown" }, 1);
+    this.engine = new PolicyEngine({ node: opts.nodeName });
   }
 
   get port(): number | undefined {
@@ -325,6 +329,8 @@ export class Agent {
     await this.source.start((ev) => this.onEvent(ev));
     // A kind with no objects delivers no event: check once more now that start() is done.
     this.afterChange();
+    // The initial lists are applied and dropped: hand their memory back (once they are gone).
+    this.releaseTimer = setTimeout(releaseMemory, 1000);
     this.statsTimer = setInterval(() => this.refreshGauges(), 5000);
   }
 
@@ -412,6 +418,7 @@ export class Agent {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       clearInterval(this.statsTimer);
+      clearTimeout(this.releaseTimer);
       this.unjudged?.stop();
       await this.source?.stop().catch((e) => this.log.warn("source stop", { error: String(e) }));
       await this.loop?.stop().catch((e) => this.log.warn("loop stop", { error: String(e) }));

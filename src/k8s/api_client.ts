@@ -1,10 +1,10 @@
 /**
- * Where the API server is and how to talk to it. client-node's KubeConfig does the loading and
- * authentication (in-cluster token, kubeconfig users, exec plugins); the requests themselves go
- * through Deno's own fetch: under Deno the npm `undici` fetch that client-node uses never ends a
- * response body whose connection was cut, so a dropped watch would hang forever without a word.
+ * Where the API server is and how to talk to it. kubeconfig.ts does the loading (in-cluster
+ * service account, kubeconfig users); the requests go through Deno's own fetch: under Deno the
+ * npm `undici` fetch never ends a response body whose connection was cut, so a dropped watch
+ * would hang forever without a word.
  */
-import { KubeConfig } from "@kubernetes/client-node";
+import { type HttpsOptions, KubeConfig } from "./kubeconfig.ts";
 import { type Clock, realClock } from "../clock.ts";
 
 export interface KubeConfigOptions {
@@ -13,16 +13,18 @@ export interface KubeConfigOptions {
 }
 
 /** `--kubeconfig`, else `KUBECONFIG`, else the pod's service account (the DaemonSet case). */
-export function loadKubeConfig(opts: KubeConfigOptions = {}): { kc: KubeConfig; origin: string } {
+export async function loadKubeConfig(
+  opts: KubeConfigOptions = {},
+): Promise<{ kc: KubeConfig; origin: string }> {
   const kc = new KubeConfig();
   const envPath = Deno.env.get("KUBECONFIG");
   if (opts.kubeconfig) {
-    kc.loadFromFile(opts.kubeconfig);
+    await kc.loadFromFiles([opts.kubeconfig]);
     return { kc, origin: opts.kubeconfig };
   }
   if (envPath) {
-    // KUBECONFIG may list several files (path-list); client-node merges them.
-    kc.loadFromDefault();
+    // KUBECONFIG may list several files (path-list); they are merged.
+    await kc.loadFromFiles(envPath.split(":").filter(Boolean));
     return { kc, origin: `KUBECONFIG=${envPath}` };
   }
   if (!Deno.env.get("KUBERNETES_SERVICE_HOST")) {
@@ -40,15 +42,6 @@ export interface ApiClient {
   /** GET `path` with `query`; the caller owns the body and the signal. */
   get(path: string, query: Record<string, string>, signal: AbortSignal): Promise<Response>;
   close(): void;
-}
-
-interface HttpsOptions {
-  headers?: Record<string, string>;
-  ca?: Uint8Array;
-  cert?: Uint8Array;
-  key?: Uint8Array;
-  rejectUnauthorized?: boolean;
-  auth?: string;
 }
 
 const decoder = new TextDecoder();
@@ -90,8 +83,8 @@ export async function createApiClient(
   if (!cluster) throw new Error("kubeconfig has no current cluster");
   const server = cluster.server.replace(/\/+$/, "");
   const probe: HttpsOptions = {};
-  // Also validates the config: client-node refuses plain http without insecure-skip-tls-verify.
-  await kc.applyToHTTPSOptions(probe as never);
+  // Also validates the config: plain http is refused without insecure-skip-tls-verify.
+  await kc.applyToHTTPSOptions(probe);
   if (server.startsWith("https:") && probe.rejectUnauthorized === false) {
     throw new Error(
       "insecure-skip-tls-verify is set for an https server: Deno's fetch always verifies; " +
@@ -105,14 +98,13 @@ export async function createApiClient(
     tls.key = decoder.decode(probe.key);
   }
   const client = Deno.createHttpClient(tls);
-  const tokenPath = (kc.getCurrentUser()?.authProvider as { config?: { tokenFile?: string } })
-    ?.config?.tokenFile;
+  const tokenPath = kc.getCurrentUser()?.tokenFile;
   const tokenFile = tokenPath ? new TokenFile(tokenPath, clock) : undefined;
 
   const send = async (path: string, query: Record<string, string>, signal: AbortSignal) => {
     // Headers are computed per request: service-account tokens rotate and exec plugins expire.
     const opts: HttpsOptions = {};
-    await kc.applyToHTTPSOptions(opts as never);
+    await kc.applyToHTTPSOptions(opts);
     const headers = new Headers(opts.headers ?? {});
     headers.set("Accept", "application/json");
     if (opts.auth) headers.set("Authorization", `Basic ${btoa(opts.auth)}`);

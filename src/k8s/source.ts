@@ -12,10 +12,11 @@
  * counts as down until the new watch delivers (see DEFAULT_STALL_TIMEOUT_MS). All timing runs on
  * an injectable Clock.
  *
- * This is client-node's makeInformer minus its `Watch`: ListWatch gets our DenoWatchTransport
- * (see watch_transport.ts for why) and a list function that pages and slims objects.
+ * Each kind is our ListWatch (list_watch.ts: it remembers keys and versions, not objects) on our
+ * DenoWatchTransport (see watch_transport.ts for why), with a list function that pages and slims
+ * objects; client-node is not used (importing it alone cost some 80 MB of memory).
  */
-import { type KubernetesObject, ListWatch } from "@kubernetes/client-node";
+import { ListWatch } from "./list_watch.ts";
 import type { Logger } from "../log.ts";
 import type { AgentMetrics } from "../metrics.ts";
 import type { Namespace, NetworkPolicy, ObjectKind, Pod } from "../policy/types.ts";
@@ -72,7 +73,7 @@ const KINDS: KindSpec[] = [
 
 const SOURCE = "apiserver";
 
-type Slim = (Pod | Namespace | NetworkPolicy) & KubernetesObject;
+type Slim = Pod | Namespace | NetworkPolicy;
 
 /** Why an informer was (re)started: the `cause` label of the restarts counter. */
 export type RestartCause = "error" | "list-error" | "stall";
@@ -132,12 +133,9 @@ class KindInformer {
   private createListWatch(): ListWatch<Slim> {
     const informer = new ListWatch<Slim>(
       this.spec.path,
-      this.transport.asWatch(),
-      () => this.list(),
-      false,
-      undefined,
-      undefined,
-      { delayFn: (ms) => sleepOn(this.clock, ms, this.stopping.signal) },
+      this.transport,
+      (onPage) => this.list(onPage),
+      (ms) => sleepOn(this.clock, ms, this.stopping.signal),
     );
     informer.on("add", (o) => this.upsert(o));
     informer.on("update", (o) => this.upsert(o));
@@ -154,7 +152,7 @@ class KindInformer {
         if (this.synced) return;
         // ListWatch delivers the whole list synchronously before it opens the first watch.
         this.synced = true;
-        log.info("informer synced", { kind, objects: this.informer.list().length });
+        log.info("informer synced", { kind, objects: this.informer.size });
         this.onSynced();
       },
       connected: () => {
@@ -228,9 +226,9 @@ class KindInformer {
   }
 
   /** Lists page by page; ListWatch diffs the result against its cache (deletes what vanished). */
-  private async list(): Promise<{ metadata: { resourceVersion?: string }; items: Slim[] }> {
+  private async list(onPage: (items: Slim[]) => void): Promise<{ resourceVersion?: string }> {
     try {
-      const listed = await this.listPages();
+      const listed = await this.listPages(onPage);
       this.lastHeard = this.clock.now();
       return listed;
     } catch (err) {
@@ -242,8 +240,10 @@ class KindInformer {
     }
   }
 
-  private async listPages(): Promise<{ metadata: { resourceVersion?: string }; items: Slim[] }> {
-    const items: Slim[] = [];
+  /** Pages are handed on as they come: a big cluster's list is never held whole. */
+  private async listPages(
+    onPage: (items: Slim[]) => void,
+  ): Promise<{ resourceVersion?: string }> {
     let resourceVersion: string | undefined;
     let cont: string | undefined;
     do {
@@ -262,11 +262,14 @@ class KindInformer {
         metadata?: { resourceVersion?: string; continue?: string };
         items?: unknown[];
       };
+      const items: Slim[] = [];
       for (const raw of body.items ?? []) items.push(slimObject(this.spec.kind, raw) as Slim);
+      if (this.stopping.signal.aborted) break;
+      onPage(items);
       resourceVersion = body.metadata?.resourceVersion;
       cont = body.metadata?.continue || undefined;
     } while (cont);
-    return { metadata: { resourceVersion }, items };
+    return { resourceVersion };
   }
 
   private upsert(o: Slim): void {
@@ -336,7 +339,7 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): ClusterSo
     watchTimeoutSeconds: opts.watchTimeoutSeconds ??
       (() => 300 + Math.floor(Math.random() * 300)),
     listTimeoutMs: opts.listTimeoutMs ?? 60_000,
-    listPageSize: opts.listPageSize ?? 500,
+    listPageSize: opts.listPageSize ?? 250,
     clock: opts.clock ?? realClock,
   };
   const traits: ServerTraits = { sendsBookmarks: false };
@@ -360,7 +363,7 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): ClusterSo
     async start(sink) {
       if (started) throw new Error("kubernetes source already started");
       started = true;
-      const { kc, origin } = loadKubeConfig({ kubeconfig: opts.kubeconfig });
+      const { kc, origin } = await loadKubeConfig({ kubeconfig: opts.kubeconfig });
       client = await createApiClient(kc, settings.clock);
       log.info("watching the API server", { server: client.server, config: origin });
       const syncedPromise = new Promise<void>((resolve) => resolveSynced = resolve);

@@ -1,7 +1,7 @@
 /**
- * The watch half of an informer, on Deno's fetch. It plugs into client-node's ListWatch in place
- * of client-node's own `Watch`, which under Deno loses abruptly cut connections and its own 30 s
- * inactivity aborts without ever calling back (the informer then stops for good, silently).
+ * The watch half of an informer (list_watch.ts), on Deno's fetch. client-node's own `Watch`, used
+ * before, lost abruptly cut connections and its own 30 s inactivity aborts under Deno without
+ * ever calling back (the informer then stopped for good, silently).
  *
  * What it adds:
  *   - `allowWatchBookmarks` + server-side `timeoutSeconds`: the API server ends every watch itself
@@ -11,9 +11,9 @@
  *     source.ts) means the connection is dead (half-open TCP, a proxy that swallowed the FIN, a
  *     hung API server): the request is aborted and ListWatch re-watches at once from its last
  *     resourceVersion;
- *   - objects are slimmed (see slim.ts) before ListWatch caches them.
+ *   - objects are slimmed (see slim.ts) before ListWatch hands them on.
  */
-import type { Watch } from "@kubernetes/client-node";
+import type { WatchSource } from "./list_watch.ts";
 import { type Clock, realClock, type TimerHandle } from "../clock.ts";
 import type { ObjectKind } from "../policy/types.ts";
 import type { ApiClient } from "./api_client.ts";
@@ -65,7 +65,7 @@ const LONG_LIVED_MS = 5_000;
 type WatchCallback = (phase: string, apiObj: unknown, watchObj?: unknown) => void;
 type DoneCallback = (err: unknown) => void;
 
-export class DenoWatchTransport {
+export class DenoWatchTransport implements WatchSource {
   private closed = false;
   private readonly clock: Clock;
 
@@ -86,13 +86,8 @@ export class DenoWatchTransport {
     this.closed = true;
   }
 
-  /** The shape client-node's ListWatch calls; `Watch` has private fields, hence the cast. */
-  asWatch(): Watch {
-    return this as unknown as Watch;
-  }
-
   /**
-   * Same contract as client-node's Watch.watch: `done` is called exactly once when the stream ends
+   * The WatchSource contract: `done` is called exactly once when the stream ends
    * or fails, but never after the returned controller was aborted by ListWatch (stop/restart).
    */
   watch(

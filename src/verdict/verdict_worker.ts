@@ -40,6 +40,7 @@ import {
 } from "./verdict_protocol.ts";
 import { PacketStats } from "./verdict_stats.ts";
 import { SystemStatsReader } from "./system_stats.ts";
+import { releaseMemory } from "../release_memory.ts";
 import { NetlinkSocket } from "../../ffi/netlink_socket.ts";
 import { NETLINK_NETFILTER } from "../netlink/set_flush.ts";
 import { CacheFlusher, WorkerCache } from "./verdict_cache.ts";
@@ -73,7 +74,8 @@ let heartbeat: Float64Array;
 /** /proc readings for the main thread, which cannot make them (it holds no FFI). */
 let systemStats: SystemStatsReader | undefined;
 let initialized = false;
-const engine = new PolicyEngine();
+/** Replaced at init by one scoped to this node (it judges this node's pods only). */
+let engine = new PolicyEngine();
 let applied = 0;
 /** Resolves the wait in catchUp() once the posted sequence number is reached. */
 let caughtUp: (() => void) | undefined;
@@ -86,6 +88,7 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
     // One queue per worker: a second init (from a confused or compromised main thread) is ignored.
     if (initialized) return;
     initialized = true;
+    engine = new PolicyEngine({ node: msg.opts.nodeName });
     control = new Int32Array(msg.control, 0, 4);
     heartbeat = new Float64Array(msg.control, HEARTBEAT_BYTE_OFFSET, 1);
     run(msg.opts).catch((err) => post({ type: "fatal", message: String(err?.message ?? err) }));
@@ -178,6 +181,7 @@ async function loop(queue: NfQueue, opts: VerdictLoopOptions): Promise<void> {
   });
   const turns = new VerdictTurns(queue, new PacketJudge(engine, opts, stats), stats, gate, opts);
   let lastYield = performance.now();
+  let releasedAfterSync = false;
   while (Atomics.load(control, SLOT_STOP) === 0) {
     heartbeat[0] = Date.now();
     systemStats?.poll(performance.now());
@@ -185,6 +189,11 @@ async function loop(queue: NfQueue, opts: VerdictLoopOptions): Promise<void> {
     if (Atomics.load(control, SLOT_SYNCED) === 0) {
       await sleep(5);
       continue;
+    }
+    if (!releasedAfterSync) {
+      // The initial state is applied: hand back what its messages left (before any judging).
+      releasedAfterSync = true;
+      releaseMemory();
     }
     if (cache) turns.keepCacheCurrent(cache, performance.now(), applied);
     turns.drain();
