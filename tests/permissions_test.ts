@@ -149,10 +149,10 @@ Deno.test("deno run with --kubeconfig: it and the files it names; its current AP
     "/repo/ffi",
     "/home/u/.kube/config",
     "/etc/other-ca.crt",
-    "/home/u/.kube/ca.crt", // relative to the kubeconfig, as client-node resolves it
+    "/home/u/.kube/ca.crt", // relative to the kubeconfig, as kubeconfig.ts resolves it
     "/home/u/.kube/certs/admin.crt",
     "/keys/admin.key",
-    "tok", // token-file: client-node reads it relative to the working directory
+    "tok", // token-file: read relative to the working directory
   ]);
   assert.deepEqual(p.net, ["[::]:9443", "0.0.0.0:9443", "[fd00::10]:6443"]);
 });

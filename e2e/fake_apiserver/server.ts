@@ -66,7 +66,7 @@ export interface KubeconfigOptions {
   /** PEM file of the CA the client trusts (HTTPS servers; else insecure-skip-tls-verify). */
   caFile?: string;
   /**
-   * Authenticate with this token file the way in-cluster config does (client-node's `tokenFile`
+   * Authenticate with this token file the way in-cluster config does (the `tokenFile`
    * auth provider) instead of a fixed token.
    */
   tokenFile?: string;

@@ -10,7 +10,7 @@
  *   out: {"ready": true} once the queue is bound; {"record": VerdictRecord} per record;
  *        {"error": "..."} if start-up fails (exit 1).
  * Usage: vl_agent.ts <queueId> <nodeName> <denyMark> <failOpen 0|1> [maxBatch] [logAllows 0|1]
- *        [copyRange (0: whole packet)] [verdictCache JSON (WorkerCacheOptions)]
+ *        [copyRange (0: whole packet)] [more VerdictLoopOptions as JSON (verdictCache, ...)]
  */
 import { VerdictLoop } from "../../src/verdict/verdict_loop.ts";
 import { AgentMetrics } from "../../src/metrics.ts";
@@ -25,7 +25,7 @@ const [
   batchArg,
   allowsArg,
   copyArg,
-  cacheArg,
+  moreArg,
 ] = Deno.args;
 const enc = new TextEncoder();
 const out = (o: unknown) => Deno.stdout.writeSync(enc.encode(JSON.stringify(o) + "\n"));
@@ -44,7 +44,7 @@ try {
       logAllows: allowsArg !== "0",
       ...(batchArg ? { maxBatch: Number(batchArg) } : {}),
       ...(copyArg && copyArg !== "0" ? { copyRange: Number(copyArg) } : {}),
-      ...(cacheArg ? { verdictCache: JSON.parse(cacheArg) } : {}),
+      ...(moreArg ? JSON.parse(moreArg) : {}),
     },
     metrics,
     { write: (records) => records.forEach((record) => out({ record })) },

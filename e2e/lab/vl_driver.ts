@@ -109,6 +109,8 @@ export class VlAgent {
       copyRange?: number;
       /** The kernel verdict cache (the product's rules must be installed: productRules). */
       verdictCache?: WorkerCacheOptions;
+      /** VerdictLoopOptions.busyPollMicros. */
+      busyPollMicros?: number;
     },
   ): Promise<VlAgent> {
     const child = lab.spawn(lab.nodeNetns, [
@@ -124,7 +126,10 @@ export class VlAgent {
       String(opts.maxBatch ?? 64),
       opts.logAllows === false ? "0" : "1",
       String(opts.copyRange ?? 0),
-      ...(opts.verdictCache ? [JSON.stringify(opts.verdictCache)] : []),
+      JSON.stringify({
+        ...(opts.verdictCache ? { verdictCache: opts.verdictCache } : {}),
+        ...(opts.busyPollMicros ? { busyPollMicros: opts.busyPollMicros } : {}),
+      }),
     ], { stdin: "piped", stdout: "piped", stderr: "inherit" });
     const agent = new VlAgent(child);
     const first = await agent.next((l) => "ready" in l || "error" in l, 30_000);

@@ -35,7 +35,7 @@ export const RULE_TOOLS = [
  * Not permissions, but part of every start of the agent: the Worker's own permission set is an
  * unstable Deno option, and a missing permission must fail, never ask (a `deno run` on a terminal
  * would otherwise prompt, and a "yes" would hand the main thread FFI back). The V8 flags keep the
- * memory small (docs/performance.md, "Memory"): a young generation of 2 MB per thread instead of
+ * memory small (docs/performance.md, "Memory"): a young generation of 1 MB per thread instead of
  * up to 16 (the agent's objects are few and long-lived), and `gc()` so each thread can hand back
  * what the initial lists used once they are applied (src/release_memory.ts).
  */
@@ -66,7 +66,8 @@ export function permissionFlags(p: AgentPermissions): string[] {
     `--allow-ffi=${ffiPaths(p.arch).join(",")}`,
     p.net === "any" ? "--allow-net" : `--allow-net=${p.net.join(",")}`,
     `--allow-read=${p.read.join(",")}`,
-    // @kubernetes/client-node reads the environment at import time (unscoped is required).
+    // Unscoped, as when @kubernetes/client-node (no longer used) read it at import; could now be
+    // narrowed to what the agent reads (NODE_NAME, KUBECONFIG, KUBERNETES_SERVICE_HOST/PORT).
     "--allow-env",
     `--allow-run=${RULE_TOOLS.join(",")}`,
     // Node name fallback when neither --hostname-override nor NODE_NAME is set.

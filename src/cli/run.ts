@@ -21,7 +21,7 @@ import type { SpawnedVerdictWorker } from "../verdict/worker_spawn.ts";
 import { DEFAULT_DENY_LOG_RATE, DenyLog } from "../verdict/deny_log.ts";
 import { DEFAULT_CHECK_INTERVAL_MS, RuleSync } from "../rules/rule_sync.ts";
 import { type QueueCounters, UnjudgedMonitor } from "../rules/unjudged.ts";
-// Not source.ts: that loads client-node, which a --manifests run never needs.
+// Not source.ts: a --manifests run never needs the Kubernetes source.
 import { DEFAULT_STALL_TIMEOUT_MS } from "../k8s/watch_transport.ts";
 import { flagHelp, type FlagSpec, parseDuration, parseFlags, UsageError } from "./args.ts";
 import type { VerdictCacheRuleOptions } from "../rules/verdict_cache_rules.ts";

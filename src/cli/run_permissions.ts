@@ -68,10 +68,10 @@ interface KubeconfigFacts {
 }
 
 /**
- * Files named by kubeconfigs and the current context's server, as client-node reads them: CA and
- * client certificate paths are relative to their kubeconfig, `token-file` to the working
- * directory (client-node reads every user's token file when it loads the config), and the first
- * file that names a context, cluster or `current-context` wins.
+ * Files named by kubeconfigs and the current context's server, as src/k8s/kubeconfig.ts reads
+ * them: CA and client certificate paths are relative to their kubeconfig, `token-file` (and
+ * kubectl's `tokenFile`) to the working directory, and the first file that names a context,
+ * cluster or `current-context` wins.
  */
 export function kubeconfigFacts(
   paths: string[],
@@ -101,8 +101,10 @@ export function kubeconfigFacts(
         const f = u?.user?.[key];
         if (typeof f === "string" && f) files.push(absoluteFrom(dir, f));
       }
-      const token = u?.user?.["token-file"];
-      if (typeof token === "string" && token) files.push(token);
+      for (const key of ["token-file", "tokenFile"]) {
+        const token = u?.user?.[key];
+        if (typeof token === "string" && token) files.push(token);
+      }
     }
     for (const c of Array.isArray(doc.contexts) ? doc.contexts : []) {
       if (typeof c?.name === "string" && !contexts.has(c.name)) {

@@ -50,7 +50,7 @@ const decoder = new TextDecoder();
 const TOKEN_MAX_AGE_MS = 60_000;
 
 /**
- * The in-cluster service-account token (client-node's `tokenFile` auth provider). Bound tokens
+ * The in-cluster service-account token (or a kubeconfig's token file). Bound tokens
  * rotate: kubelet rewrites the file well before the old token expires. Read at most once a
  * minute, and at once when the API server answered 401 (`reread`), so a rotated token is picked
  * up on the first refusal instead of up to a minute later.

@@ -1,9 +1,9 @@
 /**
- * ClusterSource backed by the Kubernetes API: one client-node informer (ListWatch) per kind, each
- * supervised so that it never stays dead.
+ * ClusterSource backed by the Kubernetes API: one informer (ListWatch, list_watch.ts) per kind,
+ * each supervised so that it never stays dead.
  *
- * client-node's ListWatch relists after 410 (and sends deletes for what vanished) and resumes
- * cleanly ended watches, but it stops for good on any other error. The supervisor here restarts it
+ * ListWatch relists after 410 (and sends deletes for what vanished) and resumes cleanly ended
+ * watches, but it stops for good on any other error. The supervisor here restarts it
  * with capped exponential backoff (start() resumes from the last resourceVersion, so a restart
  * costs a watch, not a relist), keeps `kube_netpol_informer_up` / `_restarts_total` current, and
  * reports not-ok health while any kind is down. During an outage the last state stays: nothing is

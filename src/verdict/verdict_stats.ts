@@ -1,6 +1,6 @@
 /**
  * Per-packet statistics gathered in the verdict worker and handed to the main thread in batches,
- * so the packet path never touches prom-client: the worker appends numbers to arrays, and the
+ * so the packet path never touches the metrics: the worker appends numbers to arrays, and the
  * main thread replays them into the AgentMetrics histograms, summary and counters.
  */
 import type { AgentMetrics } from "../metrics.ts";
@@ -59,7 +59,7 @@ export class PacketStats {
 }
 
 /**
- * Summary observations per label set and snapshot at most: prom-client's summary costs a few
+ * Summary observations per label set and snapshot at most: a summary observation costs a few
  * microseconds per observation, and its quantiles need a fair sample, not every packet.
  */
 const SUMMARY_SAMPLES_PER_SNAPSHOT = 256;

@@ -6,7 +6,7 @@
  * to our libraries, nothing else: no files, network, programs, environment), and the thread that
  * started it then revokes FFI from itself. Only our own code runs in the Worker (no npm package;
  * tests/layering_test.ts checks its module graph), and the main thread, which runs
- * @kubernetes/client-node, prom-client and yaml, can load no library afterwards. `main.ts` does
+ * the npm package yaml (manifests, kubeconfig files), can load no library afterwards. `main.ts` does
  * this before it imports any module that imports an npm package, so not even their import-time
  * code runs with FFI.
  *
