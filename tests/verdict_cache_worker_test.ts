@@ -257,3 +257,45 @@ Deno.test("run flags: the cache is on by default, bounded, and can be turned off
     /overlaps the deny mark/,
   );
 });
+
+Deno.test("judge memo: a key judged in this generation is not evaluated again; a change forgets it", () => {
+  const e = engine();
+  let evaluations = 0;
+  const evaluate = e.evaluate.bind(e);
+  e.evaluate = (conn, node) => {
+    evaluations++;
+    return evaluate(conn, node);
+  };
+  const judge = new PacketJudge(e, { nodeName: NODE, denyMark: DENY }, new PacketStats());
+  const syn = (srcPort: number) =>
+    ipv4({ protocol: PROTO.TCP, src: A, dst: B }, tcpSyn(srcPort, 80));
+  assert.equal(judge.judge(syn(40000), 0, 0x800, 0).verdict, NF_ACCEPT);
+  assert.equal(judge.judge(syn(40001), 0, 0x800, 0).verdict, NF_ACCEPT);
+  assert.equal(evaluations, 1, "the second connection of the same key came from the memo");
+  // The record of a remembered verdict still names the packet's own ports.
+  const r = judge.record(0);
+  assert.ok(r.kind === "judged");
+  assert.deepEqual([r.src, r.srcPort, r.dst, r.dstPort], ["10.0.0.1", 40001, "10.0.0.2", 80]);
+  // A denied key is remembered with its refusal (a fresh mark each time).
+  const fromC = (mark: number) =>
+    judge.judge(ipv4({ protocol: PROTO.TCP, src: C, dst: B }, tcpSyn(1, 80)), mark, 0x800, 0);
+  assert.deepEqual([fromC(0).mark, fromC(0x4000).mark], [DENY, DENY | 0x4000]);
+  assert.equal(evaluations, 2);
+  // Any state change: judged afresh, with the new state.
+  e.upsertPolicy({
+    metadata: { namespace: "x", name: "b-from-a" },
+    spec: { podSelector: { matchLabels: { pod: "b" } }, ingress: [] },
+  });
+  e.prepare();
+  assert.equal(judge.judge(syn(40002), 0, 0x800, 0).allowed, false);
+  assert.equal(evaluations, 3);
+  // Not served from the memo: IPv6, and packets the parser would refuse (a fragment).
+  judge.judge(ipv6(PROTO.TCP, tcpSyn(1, 80)), 0, 0x86dd, 0);
+  judge.judge(ipv6(PROTO.TCP, tcpSyn(2, 80)), 0, 0x86dd, 0);
+  assert.equal(evaluations, 5);
+  const fragment = ipv4(
+    { protocol: PROTO.TCP, src: A, dst: B, flagsFragment: 0x0010 },
+    tcpSyn(3, 80),
+  );
+  assert.equal(judge.judge(fragment, 0, 0x800, 0).verdict, NF_DROP);
+});

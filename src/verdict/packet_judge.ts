@@ -18,6 +18,8 @@ import { NF_ACCEPT, NF_DROP, NF_REPEAT, type NfVerdict } from "../netlink/nfqueu
 import type { PacketStats } from "./verdict_stats.ts";
 import type { VerdictRecord } from "./verdict_protocol.ts";
 import { cacheable } from "./verdict_cache.ts";
+import { type MemoEntry, VerdictMemo } from "./verdict_memo.ts";
+import type { ConnectionProtocol } from "../net/protocol.ts";
 
 export interface JudgeOptions {
   nodeName: string;
@@ -53,6 +55,10 @@ export class PacketJudge {
    */
   private cacheAllowMark = 0;
   private cacheDenyMark = 0;
+  /** Decisions by raw packet key within one engine generation (verdict_memo.ts). */
+  private readonly memo = new VerdictMemo();
+  /** The payload of a packet judged from the memo: parsed only if a record is asked for. */
+  private unparsed: Uint8Array | undefined;
 
   constructor(
     private readonly engine: PolicyEngine,
@@ -76,6 +82,14 @@ export class PacketJudge {
     out.mark = undefined;
     this.decision = undefined;
     this.error = undefined;
+    this.unparsed = undefined;
+    const memo = this.memo;
+    memo.sync(this.engine.generation);
+    const keyed = memo.key(payload);
+    if (keyed) {
+      const hit = memo.get();
+      if (hit) return this.remembered(hit, payload, mark, started);
+    }
     const parsed = parsePacket(payload);
     if (!parsed.ok) {
       this.packet = undefined;
@@ -99,8 +113,38 @@ export class PacketJudge {
     } catch (e) {
       this.error = e;
       this.stats.parseFailure("evaluation-error");
-      return this.deny(this.refusal(p, mark), p.protocol, started);
+      return this.deny(this.refusal(p.protocol, mark), p.protocol, started);
     }
+    if (keyed) memo.set({ decision, protocol: p.protocol });
+    return this.decided(decision, p.protocol, p.family, cacheable(payload, p), mark, started);
+  }
+
+  /** A packet whose key was judged before in this generation: the same decision, unparsed. */
+  private remembered(
+    hit: MemoEntry,
+    payload: Uint8Array,
+    mark: number,
+    started: number,
+  ): PacketVerdict {
+    this.packet = undefined;
+    this.failure = undefined;
+    this.family = 4;
+    this.decision = hit.decision;
+    this.unparsed = payload;
+    // The memo holds only IPv4 TCP, UDP and SCTP: what the kernel's cache may remember.
+    return this.decided(hit.decision, hit.protocol, 4, true, mark, started);
+  }
+
+  /** The verdict for a decision, with the statistics and the marks it calls for. */
+  private decided(
+    decision: Decision,
+    protocol: ConnectionProtocol,
+    family: 4 | 6,
+    cacheableKey: boolean,
+    mark: number,
+    started: number,
+  ): PacketVerdict {
+    const out = this.out;
     this.decision = decision;
     const stats = this.stats;
     const e = decision.egress.reason.kind;
@@ -111,16 +155,16 @@ export class PacketJudge {
     }
     if (decision.verdict === "allow") {
       out.allowed = true;
-      if (this.cacheAllowMark !== 0 && cacheable(payload, p)) {
+      if (this.cacheAllowMark !== 0 && cacheableKey) {
         // Handed back once more so the kernel remembers the key (and accepts the packet).
         out.verdict = NF_REPEAT;
         out.mark = (mark | this.cacheAllowMark) >>> 0;
       } else out.verdict = NF_ACCEPT;
-      stats.packet("allow", p.protocol, p.family === 6 ? "6" : "4", this.micros(started));
+      stats.packet("allow", protocol, family === 6 ? "6" : "4", this.micros(started));
       return out;
     }
-    const remember = this.cacheDenyMark !== 0 && cacheable(payload, p) ? this.cacheDenyMark : 0;
-    return this.deny(this.refusal(p, mark | remember), p.protocol, started);
+    const remember = this.cacheDenyMark !== 0 && cacheableKey ? this.cacheDenyMark : 0;
+    return this.deny(this.refusal(protocol, mark | remember), protocol, started);
   }
 
   /**
@@ -128,8 +172,8 @@ export class PacketJudge {
    * deny mark, so the backend's reject rule sends a TCP reset or an ICMP port unreachable and the
    * client fails at once; anything else is dropped. Sets the mark on `out`.
    */
-  private refusal(p: ParsedPacket, mark: number): NfVerdict {
-    if (p.protocol !== "TCP" && p.protocol !== "UDP") return NF_DROP;
+  private refusal(protocol: ConnectionProtocol, mark: number): NfVerdict {
+    if (protocol !== "TCP" && protocol !== "UDP") return NF_DROP;
     this.out.mark = (mark | this.opts.denyMark) >>> 0;
     return NF_REPEAT;
   }
@@ -151,6 +195,10 @@ export class PacketJudge {
    * none. Built on demand (the worker asks only for records it keeps), so judging allocates none.
    */
   record(time: number): VerdictRecord {
+    if (this.unparsed && !this.packet) {
+      const parsed = parsePacket(this.unparsed);
+      if (parsed.ok) this.packet = parsed.packet;
+    }
     const p = this.packet;
     if (p && this.decision) {
       return {
