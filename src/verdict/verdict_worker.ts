@@ -9,7 +9,9 @@
  * thread has posted but this replica has not applied make it yield to its event loop until they
  * have arrived (so a policy change is enforced within one turn, busy or idle), a stop request ends
  * the loop. It does not read the queue before the main thread says the state is synced: packets
- * wait in the kernel queue rather than be judged against a half-known cluster.
+ * wait in the kernel queue rather than be judged against a half-known cluster. With the kernel
+ * verdict cache on, a turn after applied state changes starts by emptying the cache sets, so no
+ * verdict of the old state is served once the new one is in force (verdict_cache.ts).
  */
 /// <reference lib="deno.worker" />
 import { NfQueue, RECV_OVERRUN } from "../../ffi/queue.ts";
