@@ -1,21 +1,32 @@
 /**
- * `deno task bench`: every performance figure of the performance issue, in one run, on this
- * machine: the engine at scale (no root), then, as root, the packet path side by side with no
- * queue and a native C loop, and policy change to enforcement. Human output, or `--json`.
+ * `deno task bench`: every performance figure of the performance issues, in one run, on this
+ * machine: the engine at scale (no root), then, as root, the packet path side by side (the
+ * verdict cache on a repeated flow against no queue, the loop without it against a native C
+ * loop), the whole agent's memory fed by its informers at 10,000 pods, and policy change to
+ * enforcement. Ends with the targets and where each stands. Human output, or `--json`.
  * Sections that need root are skipped with a note when not root.
  */
 import { parseArgs } from "node:util";
 import { formatEngineBench, runEngineBench } from "./engine_bench.ts";
 import { formatPolicyChange, runPolicyChangeBench } from "./policy_change_bench.ts";
+import { type AgentRssResult, formatAgentRss, runAgentRssBench } from "./agent_rss_bench.ts";
+import { formatPacketPath, type PacketPathReport } from "./packet_path.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
   options: {
     json: { type: "boolean", default: false },
-    only: { type: "string" }, // engine | packet | policy
+    only: { type: "string" }, // engine | packet | rss | policy
+    "packet-rounds": { type: "string", default: "3" },
     rounds: { type: "string", default: "20" },
   },
 });
+
+async function loadAverage(): Promise<string> {
+  const out = await new Deno.Command("cat", { args: ["/proc/loadavg"], stdout: "piped" }).output()
+    .then((o) => new TextDecoder().decode(o.stdout), () => "");
+  return out.split(" ").slice(0, 3).join(" ");
+}
 
 async function machine(): Promise<Record<string, string>> {
   // `cat`, not Deno.readTextFile: Deno reads /proc only with --allow-all.
@@ -30,40 +41,93 @@ async function machine(): Promise<Record<string, string>> {
     kernel: Deno.osRelease(),
     deno: Deno.version.deno,
     date: new Date().toISOString(),
+    loadAverageAtStart: await loadAverage(),
   };
 }
 
 const want = (name: string) => !values.only || values.only === name;
 const root = Deno.uid() === 0;
 const report: Record<string, unknown> = { machine: await machine() };
+const m = report.machine as Record<string, string>;
 const human: string[] = [
-  `kube-netpol benchmarks on ${(report.machine as Record<string, string>).cpu}, ${
-    (report.machine as Record<string, string>).cores
-  } cores, kernel ${(report.machine as Record<string, string>).kernel}, Deno ${Deno.version.deno}`,
+  `kube-netpol benchmarks on ${m.cpu}, ${m.cores} cores, ${m.memory}, kernel ${m.kernel}, ` +
+  `Deno ${Deno.version.deno}; load average ${m.loadAverageAtStart}`,
   "",
 ];
+/** Target -> where it stands, for the closing table. */
+const targets: [string, string][] = [];
 
 if (want("engine")) {
   const r = runEngineBench();
   report.engine = r;
   human.push(formatEngineBench(r), "");
+  targets.push([
+    "engine node-view p99 largest/smallest <= 1.5",
+    r.ratioP99LargestToSmallest.toFixed(2),
+  ]);
 }
 if (want("packet")) {
   if (!root) human.push("Packet path: skipped (needs root for the namespace lab)", "");
   else {
     // Its own process: it builds the C reference and owns the lab for its whole run.
     const script = new URL("./packet_path.ts", import.meta.url).pathname;
-    const run = (json: boolean) =>
+    const run = () =>
       new Deno.Command(Deno.execPath(), {
-        args: ["run", "--frozen", "--allow-all", script, ...(json ? ["--json"] : [])],
+        args: [
+          "run",
+          "--frozen",
+          "--allow-all",
+          script,
+          "--json",
+          "--rounds",
+          String(values["packet-rounds"]),
+        ],
         stdout: "piped",
         stderr: "inherit",
       }).output();
-    const out = await run(values.json);
+    // Always JSON from the child; its progress lines go to our stderr.
+    const out = await run();
     const text = new TextDecoder().decode(out.stdout);
     if (!out.success) throw new Error("packet path benchmark failed");
-    if (values.json) report.packetPath = JSON.parse(text);
-    else human.push(text.trimEnd(), "");
+    const r = JSON.parse(text) as PacketPathReport;
+    report.packetPath = r;
+    human.push(formatPacketPath(r), "");
+    const one = r.ratios["1 thread"];
+    if (one) {
+      targets.push(["repeated flow, cache on: cache/none >= 0.85", one.cacheOverNone.toFixed(2)]);
+      targets.push(["cache off: deno/c >= 0.95 at one client thread", one.denoOverC.toFixed(2)]);
+    }
+    const light = r.ratios["~1000 conn/s"];
+    if (light) {
+      targets.push(["cache off: added connect() p50 <= 40 us", `+${light.addedP50UsDeno} us`]);
+    }
+  }
+}
+if (want("rss")) {
+  if (!root) human.push("Agent memory: skipped (needs root for the namespace lab)", "");
+  else {
+    // Alternating would not help here: one agent at a time, three runs, the median reported.
+    const runs: AgentRssResult[] = [];
+    for (let i = 0; i < 3; i++) runs.push(await runAgentRssBench());
+    const med = (f: (r: AgentRssResult) => number) =>
+      runs.map(f).sort((a, b) => a - b)[Math.floor(runs.length / 2)]!;
+    report.agentMemory = { runs };
+    human.push(
+      formatAgentRss({
+        ...runs[0]!,
+        readySeconds: med((r) => r.readySeconds),
+        rssReadyMB: med((r) => r.rssReadyMB),
+        rssSettledMB: med((r) => r.rssSettledMB),
+        rssMaxMB: med((r) => r.rssMaxMB),
+      }) + ` (median of ${runs.length}; settled: ${
+        runs.map((r) => r.rssSettledMB.toFixed(0)).join(", ")
+      } MB)`,
+      "",
+    );
+    targets.push([
+      "whole agent RSS at 10k pods / 5k policies <= 150 MB (settled)",
+      `${med((r) => r.rssSettledMB).toFixed(0)} MB`,
+    ]);
   }
 }
 if (want("policy")) {
@@ -74,4 +138,10 @@ if (want("policy")) {
     human.push(formatPolicyChange(r), "");
   }
 }
+if (targets.length) {
+  human.push("Targets (performance issue) and this run:");
+  for (const [t, v] of targets) human.push(`  ${t.padEnd(64)} ${v}`);
+  human.push(`  load average at the end: ${await loadAverage()}`);
+}
+report.targets = Object.fromEntries(targets);
 console.log(values.json ? JSON.stringify(report, null, 2) : human.join("\n"));

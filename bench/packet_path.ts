@@ -1,21 +1,31 @@
 /**
- * Packet-path benchmark (issue 6 §2): new TCP connections per second and connect() latency from
- * a client pod netns to a server pod netns through a node netns, for
+ * Packet-path benchmark (performance issues §1 and §2): new TCP connections per second and
+ * connect() latency from a client pod netns to a server pod netns through a node netns, the same
+ * flow (client, server, port 80) repeated, for
  *   none       no queue rule (the kernel alone),
+ *   cache      the product's iptables rules with the kernel verdict cache and the VerdictLoop
+ *              that fills it: the first connection is judged, the rest answered in the kernel,
  *   deno       kube-netpol's VerdictLoop judging every first packet (policy selects the server
- *              and allows the client), batching up to 64 verdicts per send,
- *   deno-b1    the same loop answering each packet with its own send (the unbatched design),
- *   c          the minimal C loop of nfq_reference.c (libnetfilter_queue, one verdict per packet).
+ *              and allows the client), cache off, batching up to 64 verdicts per send,
+ *   deno-poll  the same with busy polling (50 us) before each blocking recv,
+ *   c          the minimal C loop of nfq_reference.c (libnetfilter_queue, one verdict per packet),
+ * and with `--contenders all` also
+ *   deno-b1    the loop answering each packet with its own send (no batching),
+ *   deno-2q    two loops on two queues, flows spread by the kernel (--queue-balance).
  * Contenders alternate within each round, so drift (thermal, noisy neighbours) hits all alike.
  * The client and server are small C programs built here, so the load generator is not the limit.
+ * Last, with the cache loop: how long a state change takes to be in force, cache emptied
+ * (posted to the loop -> worker applied it and flushed the cache, as the loop reports it).
  *
  *   deno run --frozen -A bench/packet_path.ts [--json] [--rounds N] [--seconds S]
+ *            [--contenders all|name,name,...]
  *
  * Needs root (network namespaces), gcc and libnetfilter-queue-dev. Nothing outside the lab's
  * namespaces is touched.
  */
 import { cleanupStaleLabs, createLab, type Lab } from "../e2e/lab/topology.ts";
-import { flushQueueRules, installQueueRules, VlAgent } from "../e2e/lab/vl_driver.ts";
+import { flushQueueRules, installQueueRules, productRules, VlAgent } from "../e2e/lab/vl_driver.ts";
+import type { IptablesBackend } from "../src/rules/iptables.ts";
 import type { StateEvent } from "../src/state/events.ts";
 
 const CLIENT_C = String.raw`
@@ -115,15 +125,20 @@ const PHASES: Phase[] = [
   { name: "2 threads", threads: 2, rate: 0 },
   { name: "~1000 conn/s", threads: 1, rate: 1000 },
 ];
-const CONTENDERS = ["none", "deno", "deno-b1", "deno-2q", "c"] as const;
-type Contender = (typeof CONTENDERS)[number];
+const ALL_CONTENDERS = ["none", "cache", "deno", "deno-poll", "c", "deno-b1", "deno-2q"] as const;
+type Contender = (typeof ALL_CONTENDERS)[number];
+const DEFAULT_CONTENDERS: Contender[] = ["none", "cache", "deno", "deno-poll", "c"];
 const QUEUES: Record<Exclude<Contender, "none">, number> = {
   deno: 3101,
   "deno-b1": 3102,
   c: 3103,
   // Two loops, on 3104 and 3105, flows spread between them by the kernel (--queue-balance).
   "deno-2q": 3104,
+  cache: 3106,
+  "deno-poll": 3107,
 };
+const CACHE = { mark: 0x200000, timeoutSeconds: 60, maxEntries: 65536, denies: true };
+const BUSY_POLL_MICROS = 50;
 const MARK = 0x100000;
 const NODE = "bench-node";
 
@@ -172,9 +187,16 @@ async function waitLine(child: Deno.ChildProcess, text: string): Promise<void> {
   reader.releaseLock();
 }
 
-async function route(lab: Lab, contender: Contender, serverIP: string): Promise<void> {
+async function route(
+  lab: Lab,
+  contender: Contender,
+  serverIP: string,
+  product: IptablesBackend,
+): Promise<void> {
   await flushQueueRules(lab);
   if (contender === "none") return;
+  // The product's chain (re-hooked; install also starts the verdict cache empty).
+  if (contender === "cache") return await product.install();
   await installQueueRules(lab, {
     queueId: QUEUES[contender],
     denyMark: MARK,
@@ -183,14 +205,86 @@ async function route(lab: Lab, contender: Contender, serverIP: string): Promise<
   });
 }
 
-function pct(a: number, b: number): string {
-  return b ? `${(a / b).toFixed(2)}x` : "-";
+function contendersArg(): Contender[] {
+  const i = Deno.args.indexOf("--contenders");
+  if (i < 0) return DEFAULT_CONTENDERS;
+  const text = Deno.args[i + 1] ?? "";
+  if (text === "all") return [...ALL_CONTENDERS];
+  const list = text.split(",").filter(Boolean) as Contender[];
+  const bad = list.filter((c) => !ALL_CONTENDERS.includes(c));
+  if (bad.length) throw new Error(`unknown contenders ${bad.join(",")} (${ALL_CONTENDERS})`);
+  return list;
 }
+
+type Fig = { connPerSec: number; p50Us: number; p99Us: number; errors: number };
+
+interface Ratios {
+  cacheOverNone: number;
+  denoOverNone: number;
+  denoOverC: number;
+  pollOverC: number;
+  unbatchedOverC: number;
+  twoQueuesOverC: number;
+  addedP50UsCache: number;
+  addedP50UsDeno: number;
+  addedP50UsPoll: number;
+  addedP50UsC: number;
+}
+
+export interface PacketPathReport {
+  rounds: number;
+  seconds: number;
+  contenders: Contender[];
+  /** phase -> contender -> medians over rounds. */
+  summary: Record<string, Partial<Record<Contender, Fig>>>;
+  ratios: Record<string, Ratios>;
+  /** A state change posted to the cache loop until it is applied and the cache emptied. */
+  change?: { p50Ms: number; p99Ms: number; maxMs: number };
+  results: Record<string, Partial<Record<Contender, Sample[]>>>;
+}
+
+export function formatPacketPath(r: PacketPathReport): string {
+  const { contenders, summary, ratios, change } = r;
+  const lines = [
+    `Packet path: new TCP connections/s and connect() p50/p99 us, one flow repeated ` +
+    `(medians of ${r.rounds} rounds x ${r.seconds} s, contenders alternating)`,
+  ];
+  const x = (v: number) => Number.isNaN(v) ? "-" : `${v.toFixed(2)}x`;
+  const us = (v: number) => Number.isNaN(v) ? "-" : `+${v} us`;
+  for (const [phase, s] of Object.entries(summary)) {
+    const line = contenders.map((c) => `${c} ${s[c]!.connPerSec} (${s[c]!.p50Us}/${s[c]!.p99Us})`);
+    const q = ratios[phase]!;
+    lines.push(`  ${phase.padEnd(13)} ${line.join("  ")}`);
+    lines.push(
+      `  ${"".padEnd(13)} cache/none ${x(q.cacheOverNone)}  deno/c ${x(q.denoOverC)}  ` +
+        `deno-poll/c ${x(q.pollOverC)}` +
+        (contenders.includes("deno-b1") ? `  deno-b1/c ${x(q.unbatchedOverC)}` : "") +
+        (contenders.includes("deno-2q") ? `  deno-2q/c ${x(q.twoQueuesOverC)}` : ""),
+    );
+    lines.push(
+      `  ${"".padEnd(13)} added p50: cache ${us(q.addedP50UsCache)}, deno ${
+        us(q.addedP50UsDeno)
+      }, deno-poll ${us(q.addedP50UsPoll)}, c ${us(q.addedP50UsC)}`,
+    );
+  }
+  if (change) {
+    lines.push(
+      `  a state change in force, verdict cache emptied (20 changes, posted -> flushed): ` +
+        `p50 ${change.p50Ms.toFixed(1)} ms, max ${change.maxMs.toFixed(1)} ms`,
+    );
+  }
+  return lines.join("\n");
+}
+
+const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? 0;
+const pctl = (xs: number[], q: number) =>
+  [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(q * xs.length))] ?? 0;
 
 async function main(): Promise<void> {
   const json = Deno.args.includes("--json");
   const rounds = arg("--rounds", 2);
   const seconds = arg("--seconds", 2);
+  const contenders = contendersArg();
   const say = (s: string) => json ? console.error(s) : console.log(s);
   const dir = await Deno.makeTempDir({ prefix: "knp-bench-" });
   const bin = await build(dir);
@@ -209,6 +303,17 @@ async function main(): Promise<void> {
     await waitLine(srv, "ready");
     const ref = lab.spawn(lab.nodeNetns, [bin.reference, String(QUEUES.c)], { stdout: "piped" });
     await waitLine(ref, "ready");
+    const policy = (fromApp: string): StateEvent => ({
+      op: "upsert",
+      kind: "NetworkPolicy",
+      object: {
+        metadata: { namespace: "b", name: "server" },
+        spec: {
+          podSelector: { matchLabels: { app: "server" } },
+          ingress: [{ from: [{ podSelector: { matchLabels: { app: fromApp } } }] }],
+        },
+      },
+    });
     const state: StateEvent[] = [
       { op: "upsert", kind: "Namespace", object: { metadata: { name: "b" } } },
       ...["client", "server"].map((name): StateEvent => ({
@@ -220,46 +325,47 @@ async function main(): Promise<void> {
           status: { phase: "Running", podIP: lab.pod(`b/${name}`).ip },
         },
       })),
-      {
-        op: "upsert",
-        kind: "NetworkPolicy",
-        object: {
-          metadata: { namespace: "b", name: "server" },
-          spec: {
-            podSelector: { matchLabels: { app: "server" } },
-            ingress: [{ from: [{ podSelector: { matchLabels: { app: "client" } } }] }],
-          },
-        },
-      },
+      policy("client"),
     ];
-    const loops = [[QUEUES.deno, 64], [QUEUES["deno-b1"], 1], [3104, 64], [3105, 64]] as const;
-    for (const [queueId, maxBatch] of loops) {
+    const { backend: product, cache } = await productRules(lab, {
+      queueId: QUEUES.cache,
+      failOpen: false,
+      denyMark: MARK,
+      verdictCache: CACHE,
+      ingress: [server.ip],
+    });
+    await flushQueueRules(lab);
+    const loops: [number, Partial<Parameters<typeof VlAgent.start>[1]>][] = [
+      [QUEUES.deno, { maxBatch: 64 }],
+      [QUEUES["deno-b1"], { maxBatch: 1 }],
+      [3104, { maxBatch: 64 }],
+      [3105, { maxBatch: 64 }],
+      [QUEUES.cache, { maxBatch: 64, verdictCache: cache }],
+      [QUEUES["deno-poll"], { maxBatch: 64, busyPollMicros: BUSY_POLL_MICROS }],
+    ];
+    let cacheAgent: VlAgent | undefined;
+    for (const [queueId, extra] of loops) {
       const a = await VlAgent.start(lab, {
         queueId,
         nodeName: NODE,
         denyMark: MARK,
         failOpen: false,
-        maxBatch,
         logAllows: false,
+        ...extra,
       });
       agents.push(a);
       await a.apply(state);
       await a.markSynced();
+      if (queueId === QUEUES.cache) cacheAgent = a;
     }
 
-    const results: Record<string, Record<Contender, Sample[]>> = {};
+    const results: Record<string, Partial<Record<Contender, Sample[]>>> = {};
     const clientNs = lab.pod("b/client").netns;
     for (let r = 0; r < rounds; r++) {
       for (const phase of PHASES) {
-        const per = results[phase.name] ??= {
-          none: [],
-          deno: [],
-          "deno-b1": [],
-          "deno-2q": [],
-          c: [],
-        };
-        for (const c of CONTENDERS) {
-          await route(lab, c, server.ip);
+        const per = results[phase.name] ??= {};
+        for (const c of contenders) {
+          await route(lab, c, server.ip, product);
           const out = await lab.exec(clientNs, [
             bin.client,
             server.ip,
@@ -270,9 +376,9 @@ async function main(): Promise<void> {
           ], { timeoutMs: seconds * 1000 + 15_000 });
           if (out.code !== 0) throw new Error(`client: ${out.stderr}`);
           const s = JSON.parse(out.stdout) as Sample;
-          per[c].push(s);
+          (per[c] ??= []).push(s);
           say(
-            `round ${r + 1} ${phase.name.padEnd(13)} ${c.padEnd(8)} ${
+            `round ${r + 1} ${phase.name.padEnd(13)} ${c.padEnd(9)} ${
               (s.connections / s.seconds).toFixed(0).padStart(6)
             } conn/s  p50 ${s.p50_us} us  p99 ${s.p99_us} us  errors ${s.errors}`,
           );
@@ -280,46 +386,63 @@ async function main(): Promise<void> {
       }
     }
 
+    // How long a change takes to be in force with the cache: posted -> applied and flushed.
+    const changeMs: number[] = [];
+    if (cacheAgent && contenders.includes("cache")) {
+      await route(lab, "cache", server.ip, product);
+      for (let i = 0; i < 20; i++) {
+        const t0 = performance.now();
+        await cacheAgent.apply([policy(i % 2 ? "client" : "other")], { current: true });
+        changeMs.push(performance.now() - t0);
+      }
+      await cacheAgent.apply([policy("client")], { current: true });
+    }
+
     // Median over rounds of each figure.
-    const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? 0;
-    const summary = Object.fromEntries(
+    const summary: Record<string, Partial<Record<Contender, Fig>>> = Object.fromEntries(
       Object.entries(results).map(([phase, per]) => [
         phase,
-        Object.fromEntries(CONTENDERS.map((c) => [c, {
-          connPerSec: Math.round(med(per[c].map((s) => s.connections / s.seconds))),
-          p50Us: med(per[c].map((s) => s.p50_us)),
-          p99Us: med(per[c].map((s) => s.p99_us)),
-          errors: per[c].reduce((n, s) => n + s.errors, 0),
-        }])),
+        Object.fromEntries(contenders.map((c) => {
+          const xs = per[c] ?? [];
+          return [c, {
+            connPerSec: Math.round(med(xs.map((s) => s.connections / s.seconds))),
+            p50Us: med(xs.map((s) => s.p50_us)),
+            p99Us: med(xs.map((s) => s.p99_us)),
+            errors: xs.reduce((n, s) => n + s.errors, 0),
+          }];
+        })),
       ]),
-    ) as unknown as Record<
-      string,
-      Record<Contender, { connPerSec: number; p50Us: number; p99Us: number }>
-    >;
+    );
+    const ratio = (a?: Fig, b?: Fig) => a && b && b.connPerSec ? a.connPerSec / b.connPerSec : NaN;
+    const added = (a?: Fig, none?: Fig) => a && none ? a.p50Us - none.p50Us : NaN;
     const ratios = Object.fromEntries(
       Object.entries(summary).map(([phase, s]) => [phase, {
-        denoOverNone: s.deno.connPerSec / s.none.connPerSec,
-        denoOverC: s.deno.connPerSec / s.c.connPerSec,
-        unbatchedOverC: s["deno-b1"].connPerSec / s.c.connPerSec,
-        twoQueuesOverC: s["deno-2q"].connPerSec / s.c.connPerSec,
-        addedP50UsDeno: s.deno.p50Us - s.none.p50Us,
-        addedP50UsC: s.c.p50Us - s.none.p50Us,
+        cacheOverNone: ratio(s.cache, s.none),
+        denoOverNone: ratio(s.deno, s.none),
+        denoOverC: ratio(s.deno, s.c),
+        pollOverC: ratio(s["deno-poll"], s.c),
+        unbatchedOverC: ratio(s["deno-b1"], s.c),
+        twoQueuesOverC: ratio(s["deno-2q"], s.c),
+        addedP50UsCache: added(s.cache, s.none),
+        addedP50UsDeno: added(s.deno, s.none),
+        addedP50UsPoll: added(s["deno-poll"], s.none),
+        addedP50UsC: added(s.c, s.none),
       }]),
     );
-    say("\nmedians over rounds (conn/s; connect p50/p99 us):");
-    for (const [phase, s] of Object.entries(summary)) {
-      const line = CONTENDERS.map((c) => `${c} ${s[c].connPerSec} (${s[c].p50Us}/${s[c].p99Us})`);
-      const q = ratios[phase]!;
-      say(`  ${phase.padEnd(13)} ${line.join("  ")}`);
-      say(
-        `  ${"".padEnd(13)} deno/none ${pct(s.deno.connPerSec, s.none.connPerSec)}  deno/c ${
-          pct(s.deno.connPerSec, s.c.connPerSec)
-        }  deno-b1/c ${pct(s["deno-b1"].connPerSec, s.c.connPerSec)}  deno-2q/c ${
-          pct(s["deno-2q"].connPerSec, s.c.connPerSec)
-        }  added p50: deno +${q.addedP50UsDeno} us, c +${q.addedP50UsC} us`,
-      );
-    }
-    if (json) console.log(JSON.stringify({ rounds, seconds, summary, ratios, results }, null, 2));
+    const change = changeMs.length
+      ? { p50Ms: pctl(changeMs, 0.5), p99Ms: pctl(changeMs, 0.99), maxMs: Math.max(...changeMs) }
+      : undefined;
+    const report: PacketPathReport = {
+      rounds,
+      seconds,
+      contenders,
+      summary,
+      ratios,
+      change,
+      results,
+    };
+    say(formatPacketPath(report));
+    if (json) console.log(JSON.stringify(report, null, 2));
   } finally {
     for (const a of agents) await a.stop().catch(() => {});
     await lab.destroy();

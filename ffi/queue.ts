@@ -43,6 +43,8 @@ export class NfQueue {
   private closed = false;
   private readonly timeval = new BigInt64Array(2);
   private readonly optInt = new Int32Array(1);
+  private recvBuf?: Uint8Array;
+  private recvLen = 0n;
 
   private constructor(
     private readonly libs: Libraries,
@@ -123,9 +125,12 @@ export class NfQueue {
    */
   recv(buf: Uint8Array, dontWait = false): number {
     if (this.closed) throw new Error("queue is closed");
-    const n = Number(
-      this.libs.libc.recv(this.fd, buf, BigInt(buf.byteLength), dontWait ? MSG_DONTWAIT : 0),
-    );
+    // The length as a BigInt made once per buffer: a new one per call costs on a busy loop.
+    if (buf !== this.recvBuf) {
+      this.recvBuf = buf;
+      this.recvLen = BigInt(buf.byteLength);
+    }
+    const n = Number(this.libs.libc.recv(this.fd, buf, this.recvLen, dontWait ? MSG_DONTWAIT : 0));
     if (n >= 0) return n;
     const errno = this.libs.errno();
     if (errno === Errno.EAGAIN || errno === Errno.EINTR) return RECV_TIMEOUT;

@@ -241,6 +241,29 @@ export class AgentMetrics {
     buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
     registers: [this.registry],
   });
+  // --- the kernel verdict cache (src/rules/verdict_cache_rules.ts, verdict/verdict_cache.ts) ---
+  readonly verdictCacheHits = new Counter({
+    name: "kube_netpol_verdict_cache_hits_total",
+    help: "First packets the kernel verdict cache answered without queueing, by verdict (read " +
+      "from the hit rules' counters at each dataplane check)",
+    labelNames: ["verdict"] as const,
+    registers: [this.registry],
+  });
+  readonly verdictCacheMisses = new Counter({
+    name: "kube_netpol_verdict_cache_misses_total",
+    help: "First packets judged in user space while the verdict cache is on (they missed it)",
+    registers: [this.registry],
+  });
+  readonly verdictCacheInvalidations = new Counter({
+    name: "kube_netpol_verdict_cache_invalidations_total",
+    help: "Times the verdict cache was emptied because the cluster state changed",
+    registers: [this.registry],
+  });
+  readonly verdictCacheInvalidationFailures = new Counter({
+    name: "kube_netpol_verdict_cache_invalidation_failures_total",
+    help: "Failed attempts to empty the verdict cache (nothing is cached until one works)",
+    registers: [this.registry],
+  });
   /** Set by the Kubernetes source: seconds since each kind's watch last delivered a line. */
   watchAges?: () => Record<string, number>;
   readonly watchLastEventAge = new Gauge({

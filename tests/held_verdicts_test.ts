@@ -58,7 +58,7 @@ function cluster() {
   const stats = new PacketStats();
   const judge = new PacketJudge(engine, { nodeName: NODE, denyMark: MARK }, stats, () => 0);
   judge.unknownEndpoint = (ip) => local.isUnknown(ip);
-  return { engine, judge, stats };
+  return { engine, judge, stats, local };
 }
 
 const syn = (src: number[], dst: number[], port = 80) =>
@@ -111,6 +111,57 @@ Deno.test("judge: once the pod appears the held packet is judged with its own po
   // Without the hook (holding off) the same packet is judged at once, as before.
   judge.unknownEndpoint = undefined;
   assert.equal(judge.judge(syn([10, 244, 3, 3], SERVER), 0, ETH_P_IP, 0).held, false);
+});
+
+const CACHE_MARK = 0x200000;
+
+Deno.test("verdict cache: a held packet is judged when released, marked only if the cache is current", () => {
+  const { engine, judge } = cluster();
+  // The worker emptied the cache for the state now: verdicts may carry the cache mark.
+  judge.setCacheMarks(CACHE_MARK, CACHE_MARK);
+  assert.equal(judge.judge(syn(NEW_POD, SERVER), 0x10, ETH_P_IP, 0).held, true);
+  const packet = judge.heldPacket!;
+  assert.equal(judge.heldPacketCacheable, true, "IPv4 TCP: the kernel's key is ours");
+
+  // Its pod appears (a state change) and the packet is released before the cache was emptied
+  // again: judged with the new state, and nothing remembered, since entries of the old state
+  // may still be in the sets and this verdict would outlive the flush that removes them.
+  engine.upsertPod(pod("race", "new", "10.244.2.2"));
+  const before = judge.judgeParsed(packet, 0x10, 0, true);
+  assert.deepEqual([before.verdict, before.mark, before.allowed], [NF_REPEAT, 0x10 | MARK, false]);
+  const r = judge.record(1);
+  assert.equal(r.kind === "judged" && r.decision.srcPod, "race/new", "the new state's pod");
+
+  // Emptied for this state: the same release may be remembered (deny cache).
+  judge.setCacheMarks(CACHE_MARK, CACHE_MARK);
+  const after = judge.judgeParsed(packet, 0x10, 0, true);
+  assert.deepEqual([after.verdict, after.mark], [NF_REPEAT, 0x10 | MARK | CACHE_MARK]);
+  // A key the kernel would read elsewhere (decided when it was held) is never remembered.
+  assert.equal(judge.judgeParsed(packet, 0x10, 0, false).mark, 0x10 | MARK);
+
+  // An allowing change, released again before the flush: accepted, not handed back to be cached.
+  engine.upsertPolicy({
+    metadata: { namespace: "race", name: "allow-egress" },
+    spec: { podSelector: {}, policyTypes: ["Egress"], egress: [{}] },
+  });
+  assert.equal(judge.judgeParsed(packet, 0, 0, true).verdict, NF_ACCEPT);
+  judge.setCacheMarks(CACHE_MARK, CACHE_MARK);
+  const allowed = judge.judgeParsed(packet, 0, 0, true);
+  assert.deepEqual([allowed.verdict, allowed.mark], [NF_REPEAT, CACHE_MARK]);
+});
+
+Deno.test("judge memo: an address that turns unknown without a state change is held again", () => {
+  const { judge, local } = cluster();
+  let version = 0;
+  judge.unknownVersion = () => version;
+  // 10.244.2.2 is one of the node's interface addresses: known, judged, remembered by the memo.
+  local.setInterfaceAddresses(["10.244.2.2"]);
+  assert.equal(judge.judge(syn(SERVER, NEW_POD), 0, ETH_P_IP, 0).held, false);
+  assert.equal(judge.judge(syn(SERVER, NEW_POD), 0, ETH_P_IP, 0).held, false);
+  // The address leaves the interfaces (no engine change): the next packet must wait for a pod.
+  local.setInterfaceAddresses([]);
+  version++;
+  assert.equal(judge.judge(syn(SERVER, NEW_POD), 0, ETH_P_IP, 0).held, true);
 });
 
 function held(id: number, since: number, src = "10.244.2.2", dst = "10.244.1.1"): HeldPacket {

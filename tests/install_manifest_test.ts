@@ -49,6 +49,25 @@ Deno.test("install.yaml: RBAC is list/watch on the kinds the informers watch, no
   }]);
 });
 
+/** Quantities like "160Mi" in MiB. */
+function mebibytes(q: string): number {
+  const m = /^(\d+)(Mi|Gi)$/.exec(q);
+  if (!m) throw new Error(`unexpected memory quantity ${q}`);
+  return Number(m[1]) * (m[2] === "Gi" ? 1024 : 1);
+}
+
+Deno.test("install.yaml: memory covers what docs/sizing.md measured at 10k pods, with headroom", () => {
+  const [c] = byKind("DaemonSet")[0].spec.template.spec.containers;
+  // docs/sizing.md: ~135 MB settled and up to ~190 MB while the initial lists are applied (10,000
+  // pods, 5,000 policies); ~250 MB at the peak at 20,000 pods.
+  assert.ok(mebibytes(c.resources.requests.memory) >= 140, "request below the settled RSS");
+  assert.ok(mebibytes(c.resources.limits.memory) >= 300, "limit without room over the peaks");
+  assert.ok(
+    mebibytes(c.resources.limits.memory) >= 1.5 * mebibytes(c.resources.requests.memory),
+    "a relist (after an API outage) goes through the peak again",
+  );
+});
+
 Deno.test("install.yaml: the DaemonSet is a node agent with netfilter capabilities only", () => {
   const [ds] = byKind("DaemonSet");
   assert.equal(ds.metadata.namespace, "kube-system");

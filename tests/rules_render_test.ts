@@ -307,6 +307,8 @@ Deno.test("iptables install: sets before rules, one restore per family with the 
     "ip6tables-legacy-save",
     "ip6tables-legacy-restore --noflush --wait 5",
     "ip6tables-legacy-save -c -t filter",
+    // Cache sets a run with other flags left behind are destroyed once unreferenced.
+    "ipset list -n",
   ]);
 });
 

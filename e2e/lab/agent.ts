@@ -282,6 +282,11 @@ export class LabAgent {
     return (await this.scrape()).value(name, labels);
   }
 
+  /** The agent's process id (`ip netns exec` replaces itself with it). */
+  get pid(): number {
+    return this.child.pid;
+  }
+
   get running(): boolean {
     return this.exited === undefined;
   }

@@ -18,6 +18,14 @@ const PREFIX = "knplab";
 const nsOf = (key: string) => key.split("/")[0]!;
 const allowAll: Expectation = () => "allow";
 
+/**
+ * A killed agent cannot empty the kernel verdict cache: what it judged last keeps applying until
+ * the entries expire (docs/rules.md "Verdict cache"). The crash tests use a 1 s cache and wait it
+ * out, then check what fail-open and fail-closed promise for everything after.
+ */
+const crashAgent = (failOpen: boolean) => ({ failOpen, extraArgs: ["--verdict-cache-timeout=1s"] });
+const outliveVerdictCache = () => new Promise((r) => setTimeout(r, 1200));
+
 Deno.test("lab: stale-lab cleaner removes labs of dead runs only", labTest, async () => {
   // A prefix of its own, so parallel runs of this test cannot clean each other's netns.
   const prefix = `${PREFIX}st${Math.random().toString(36).slice(2, 6)}`;
@@ -234,11 +242,12 @@ Deno.test(
   labTest,
   async () => {
     const denyX = policy("x", "deny-ingress", { podSelector: {}, policyTypes: ["Ingress"] });
-    const setup = { prefix: PREFIX, policies: [denyX], agent: { failOpen: true } };
+    const setup = { prefix: PREFIX, policies: [denyX], agent: crashAgent(true) };
     await withLabAgent(setup, async ({ lab, agent }) => {
       const pairs = toXAFrom(["y/a", "z/b"]);
       assertMatrix("agent up", await probeMatrix(lab, pairs, "TCP", 80), () => "deny");
       await agent.kill("SIGKILL");
+      await outliveVerdictCache();
       const [tcp, udp] = await probeMatrices(lab, pairs, [
         { protocol: "TCP", port: 80 },
         { protocol: "UDP", port: 80 },
@@ -257,11 +266,12 @@ Deno.test(
       podSelector: { matchLabels: { pod: "a" } },
       ingress: [{}],
     });
-    const setup = { prefix: PREFIX, policies: [allowXA], agent: { failOpen: false } };
+    const setup = { prefix: PREFIX, policies: [allowXA], agent: crashAgent(false) };
     await withLabAgent(setup, async ({ lab, agent }) => {
       const pairs = [...toXAFrom(["y/a", "z/b"]), { from: "y/a", to: "y/b" }];
       assertMatrix("agent up", await probeMatrix(lab, pairs, "TCP", 80), allowAll);
       await agent.kill("SIGKILL");
+      await outliveVerdictCache();
       // x/a is selected by a policy, so its traffic is queued and nobody answers; y/b is not.
       const expect: Expectation = (_f, to) => to === "x/a" ? "deny" : "allow";
       const [tcp, udp] = await probeMatrices(lab, pairs, [

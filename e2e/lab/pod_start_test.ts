@@ -292,6 +292,8 @@ Deno.test(
 
       await t.step("allowed: the held connections succeed once the pod appears", async () => {
         const before = await heldCounts(agent);
+        const allowed = () => agent.metric("packet_count", { verdict: "allow" });
+        const allowedBefore = await allowed();
         const { egress, ingress } = await lateStart(w, "allow", {
           serve: true,
           publishAfterMs: PUBLISH_AFTER_MS,
@@ -308,6 +310,10 @@ Deno.test(
         );
         assert.ok(c.held >= 2 && c.waits >= 2, "both first packets were held, then judged");
         assert.equal(c.timeouts, 0, "let through by a verdict, not by the timeout");
+        // Judged once each: an allowed packet handed back to be remembered by the verdict cache
+        // must not be queued again by the race's rules while the kernel's known set still lags.
+        const judged = await pollUntil(allowed, (n) => n - allowedBefore >= 2, 5_000);
+        assert.equal(judged - allowedBefore, 2, "allow verdicts for the two connections");
       });
 
       await t.step("never published: after the timeout fail-open accepts", async () => {

@@ -2,13 +2,15 @@
  * Runs a VerdictLoop inside the lab's node netns for verdict_loop_test.ts and the packet-path
  * bench. Driven by JSON lines on stdin, answers with JSON lines on stdout:
  *   in:  {"events": StateEvent[]}   -> out: {"applied": <count so far>}
+ *        (with "current": true, answered once the worker applied them and emptied the verdict
+ *        cache after them)
  *        {"synced": true}           -> out: {"synced": true}
  *        {"metrics": true}          -> out: {"metrics": "<Prometheus text>"}
  *        {"stop": true}             -> out: {"stopped": true}, then exit
  *   out: {"ready": true} once the queue is bound; {"record": VerdictRecord} per record;
  *        {"error": "..."} if start-up fails (exit 1).
  * Usage: vl_agent.ts <queueId> <nodeName> <denyMark> <failOpen 0|1> [maxBatch] [logAllows 0|1]
- *        [copyRange]
+ *        [copyRange (0: whole packet)] [more VerdictLoopOptions as JSON (verdictCache, ...)]
  */
 import { VerdictLoop } from "../../src/verdict/verdict_loop.ts";
 import { AgentMetrics } from "../../src/metrics.ts";
@@ -23,6 +25,7 @@ const [
   batchArg,
   allowsArg,
   copyArg,
+  moreArg,
 ] = Deno.args;
 const enc = new TextEncoder();
 const out = (o: unknown) => Deno.stdout.writeSync(enc.encode(JSON.stringify(o) + "\n"));
@@ -40,7 +43,8 @@ try {
       nodeName,
       logAllows: allowsArg !== "0",
       ...(batchArg ? { maxBatch: Number(batchArg) } : {}),
-      ...(copyArg ? { copyRange: Number(copyArg) } : {}),
+      ...(copyArg && copyArg !== "0" ? { copyRange: Number(copyArg) } : {}),
+      ...(moreArg ? JSON.parse(moreArg) : {}),
     },
     metrics,
     { write: (records) => records.forEach((record) => out({ record })) },
@@ -66,6 +70,7 @@ for await (const chunk of Deno.stdin.readable) {
     if (cmd.events) {
       for (const ev of cmd.events as StateEvent[]) loop.applyEvent(ev);
       applied += cmd.events.length;
+      if (cmd.current) await loop.cacheCurrent();
       out({ applied });
     } else if (cmd.synced) {
       loop.markSynced();

@@ -8,6 +8,12 @@ import type { StateEvent } from "../../src/state/events.ts";
 import type { VerdictRecord } from "../../src/verdict/verdict_loop.ts";
 import { ffiPaths } from "../../ffi/library.ts";
 import { AGENT_RUNTIME_FLAGS } from "../../src/cli/permissions.ts";
+import type { WorkerCacheOptions } from "../../src/verdict/verdict_protocol.ts";
+import type { CommandRunner } from "../../src/rules/command.ts";
+import { denoCommandRunner } from "../../src/rules/command.ts";
+import { IptablesBackend, type IptablesFlavour } from "../../src/rules/iptables.ts";
+import type { RuleOptions } from "../../src/rules/backend.ts";
+import { cacheTargetFor } from "../../src/rules/verdict_cache_rules.ts";
 
 const VL_AGENT = new URL("./vl_agent.ts", import.meta.url).pathname;
 const REPO_ROOT = new URL("../../", import.meta.url).pathname;
@@ -101,6 +107,10 @@ export class VlAgent {
       logAllows?: boolean;
       /** Bytes of each packet the queue copies (default: the whole packet). */
       copyRange?: number;
+      /** The kernel verdict cache (the product's rules must be installed: productRules). */
+      verdictCache?: WorkerCacheOptions;
+      /** VerdictLoopOptions.busyPollMicros. */
+      busyPollMicros?: number;
     },
   ): Promise<VlAgent> {
     const child = lab.spawn(lab.nodeNetns, [
@@ -115,7 +125,11 @@ export class VlAgent {
       opts.failOpen ? "1" : "0",
       String(opts.maxBatch ?? 64),
       opts.logAllows === false ? "0" : "1",
-      ...(opts.copyRange ? [String(opts.copyRange)] : []),
+      String(opts.copyRange ?? 0),
+      JSON.stringify({
+        ...(opts.verdictCache ? { verdictCache: opts.verdictCache } : {}),
+        ...(opts.busyPollMicros ? { busyPollMicros: opts.busyPollMicros } : {}),
+      }),
     ], { stdin: "piped", stdout: "piped", stderr: "inherit" });
     const agent = new VlAgent(child);
     const first = await agent.next((l) => "ready" in l || "error" in l, 30_000);
@@ -160,8 +174,12 @@ export class VlAgent {
     await this.writer.write(new TextEncoder().encode(JSON.stringify(cmd) + "\n"));
   }
 
-  async apply(events: StateEvent[]): Promise<void> {
-    await this.send({ events });
+  /**
+   * Posts state events. With `current`, resolves only once the worker applied them and emptied
+   * the verdict cache after them (the moment the change is in force in the kernel too).
+   */
+  async apply(events: StateEvent[], opts: { current?: boolean } = {}): Promise<void> {
+    await this.send({ events, ...(opts.current ? { current: true } : {}) });
     await this.next((l) => "applied" in l);
   }
 
@@ -190,4 +208,40 @@ export class VlAgent {
     await this.child.status;
     await this.done.catch(() => {});
   }
+}
+
+/** Runs the rule backends' tools inside `netns` (as the agent does inside its node). */
+export function netnsRunner(netns: string): CommandRunner {
+  return {
+    run: (cmd, args, stdin) =>
+      denoCommandRunner.run("ip", ["netns", "exec", netns, cmd, ...args], stdin),
+  };
+}
+
+/**
+ * The product's iptables rules (src/rules/iptables.ts, with ipsets) in the lab's node netns,
+ * queueing new connections to `ingress` pod IPs; returns the backend (install() again re-hooks
+ * it after flushQueueRules) and, with a verdict cache, what the worker needs to know about it.
+ */
+export async function productRules(
+  lab: Lab,
+  opts: RuleOptions & { flavour?: IptablesFlavour; ingress: string[]; egress?: string[] },
+): Promise<{ backend: IptablesBackend; cache?: WorkerCacheOptions }> {
+  const { flavour = "nft", ingress, egress = [], ...ruleOpts } = opts;
+  const backend = new IptablesBackend(flavour, ruleOpts, netnsRunner(lab.nodeNetns));
+  await backend.install();
+  await backend.sync({ ingress, egress });
+  const c = ruleOpts.verdictCache;
+  return {
+    backend,
+    ...(c
+      ? {
+        cache: {
+          mark: c.mark,
+          denies: c.denies,
+          target: cacheTargetFor(`iptables-${flavour}`, c),
+        },
+      }
+      : {}),
+  };
 }

@@ -34,9 +34,16 @@ export const RULE_TOOLS = [
 /**
  * Not permissions, but part of every start of the agent: the Worker's own permission set is an
  * unstable Deno option, and a missing permission must fail, never ask (a `deno run` on a terminal
- * would otherwise prompt, and a "yes" would hand the main thread FFI back).
+ * would otherwise prompt, and a "yes" would hand the main thread FFI back). The V8 flags keep the
+ * memory small (docs/performance.md, "Memory"): a young generation of 1 MB per thread instead of
+ * up to 16 (the agent's objects are few and long-lived), and `gc()` so each thread can hand back
+ * what the initial lists used once they are applied (src/release_memory.ts).
  */
-export const AGENT_RUNTIME_FLAGS = ["--unstable-worker-options", "--no-prompt"];
+export const AGENT_RUNTIME_FLAGS = [
+  "--unstable-worker-options",
+  "--no-prompt",
+  "--v8-flags=--max-semi-space-size=1,--expose-gc",
+];
 
 /** Where Kubernetes mounts the pod's service-account token, CA and namespace. */
 export const SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount";

@@ -7,6 +7,7 @@
  *   3. source started; once it has a full view: loop marked synced, sets synced, ready.
  */
 import { AgentMetrics } from "../metrics.ts";
+import { releaseMemory } from "../release_memory.ts";
 import { PolicyEngine } from "../policy/engine.ts";
 import { formatObjectError, type ObjectError } from "../policy/types.ts";
 import { createLogger, type Logger } from "../log.ts";
@@ -20,13 +21,21 @@ import type { SpawnedVerdictWorker } from "../verdict/worker_spawn.ts";
 import { DEFAULT_DENY_LOG_RATE, DenyLog } from "../verdict/deny_log.ts";
 import { DEFAULT_CHECK_INTERVAL_MS, RuleSync } from "../rules/rule_sync.ts";
 import { type QueueCounters, UnjudgedMonitor } from "../rules/unjudged.ts";
-// Not source.ts: that loads client-node, which a --manifests run never needs.
+// Not source.ts: a --manifests run never needs the Kubernetes source.
 import { DEFAULT_STALL_TIMEOUT_MS } from "../k8s/watch_transport.ts";
 import { DEFAULT_ABSENT_RECHECK_MS } from "../k8s/kinds.ts";
 import { flagHelp, type FlagSpec, parseDuration, parseFlags, UsageError } from "./args.ts";
 import { LocalPodAddresses, parsePodCIDRs, type UnknownPodMembers } from "../policy/local_pods.ts";
 import { DEFAULT_UNKNOWN_POD_TIMEOUT_MS } from "../verdict/held_verdicts.ts";
 import { InterfaceAddressWatch } from "./interface_addresses.ts";
+import type { VerdictCacheRuleOptions } from "../rules/verdict_cache_rules.ts";
+import { allObservers, CacheHitCounter } from "../rules/cache_hits.ts";
+import {
+  parseVerdictCacheFlags,
+  VERDICT_CACHE_FLAGS,
+  VERDICT_CACHE_HELP,
+  workerCacheOptions,
+} from "./verdict_cache_flags.ts";
 
 const FLAGS: FlagSpec = {
   kubeconfig: { type: "string" },
@@ -53,6 +62,7 @@ const FLAGS: FlagSpec = {
     default: `${DEFAULT_UNKNOWN_POD_TIMEOUT_MS / 1000}s`,
   },
   "crd-recheck-interval": { type: "string", default: `${DEFAULT_ABSENT_RECHECK_MS / 1000}s` },
+  ...VERDICT_CACHE_FLAGS,
   help: { type: "boolean", short: "h", default: false },
 };
 
@@ -91,6 +101,7 @@ const HELP: Record<string, string> = {
     "CIDRs that no known pod owns waits for its pod (then --fail-open decides); 0 turns it off",
   "crd-recheck-interval": "how often a policy kind the API server does not serve (its CRD is " +
     "not installed) is looked for again; until then none of it exists",
+  ...VERDICT_CACHE_HELP,
   help: "show this help",
 };
 
@@ -119,6 +130,8 @@ export interface RunOptions {
   /** 0: the pod-start race is not handled (sets empty, nothing held). */
   unknownPodTimeoutMs: number;
   crdRecheckIntervalMs: number;
+  /** The kernel verdict cache; undefined with --verdict-cache=false. */
+  verdictCache?: VerdictCacheRuleOptions;
 }
 
 function intFlag(values: Record<string, unknown>, name: string, min: number, max: number): number {
@@ -201,9 +214,15 @@ export function parseRunFlags(args: string[]): RunOptions | "help" {
   // Last: the hostname fallback needs a permission, and flag mistakes should be reported first.
   const nodeName = (values["hostname-override"] as string | undefined) ||
     Deno.env.get("NODE_NAME") || Deno.hostname();
+  const verdictCache = parseVerdictCacheFlags(
+    values,
+    numbers.denyMark,
+    values["strict-mode"] === false ? undefined : numbers.cutMark,
+  );
   return {
     ...numbers,
     podCIDRs,
+    ...(verdictCache ? { verdictCache } : {}),
     kubeconfig: values.kubeconfig as string | undefined,
     manifests: (values.manifests as string[] | undefined) ?? [],
     nodeName,
@@ -261,7 +280,8 @@ export async function runCommand(
 /** The running agent: owns every long-lived part and the order they start and stop in. */
 export class Agent {
   readonly metrics = new AgentMetrics();
-  readonly engine = new PolicyEngine();
+  /** Scoped to this node: the agent judges (and queues) only its own pods. */
+  readonly engine: PolicyEngine;
   private source?: ClusterSource;
   private loop?: VerdictLoop;
   private rules?: RuleSync;
@@ -271,6 +291,7 @@ export class Agent {
   private server?: { port: number; close(): Promise<void> };
   private readonly invalid = new Map<string, ObjectError[]>();
   private statsTimer?: ReturnType<typeof setInterval>;
+  private releaseTimer?: ReturnType<typeof setTimeout>;
   private stopping?: Promise<void>;
   /** [pod-start race] This node's pod CIDRs and known addresses; absent when turned off. */
   private localPods?: LocalPodAddresses;
@@ -284,6 +305,7 @@ export class Agent {
     private readonly verdictWorker?: SpawnedVerdictWorker,
   ) {
     this.metrics.buildInfo.set({ version: opts.version ?? "unknown" }, 1);
+    this.engine = new PolicyEngine({ node: opts.nodeName });
   }
 
   get port(): number | undefined {
@@ -319,12 +341,16 @@ export class Agent {
       log,
     });
     this.startLocalPods();
+    const cacheHits = opts.verdictCache
+      ? new CacheHitCounter(this.metrics, log, opts.verdictCache.timeoutSeconds)
+      : undefined;
     this.rules = await RuleSync.start(
       {
         queueId: opts.queueId,
         failOpen: opts.failOpen,
         denyMark: opts.denyMark,
         ...(opts.strictMode ? { cutMark: opts.cutMark } : {}),
+        ...(opts.verdictCache ? { verdictCache: opts.verdictCache } : {}),
       },
       this.engine,
       opts.nodeName,
@@ -332,7 +358,7 @@ export class Agent {
       log,
       {
         checkIntervalMs: opts.dataplaneCheckIntervalMs,
-        observer: this.unjudged,
+        observer: allObservers(this.unjudged, cacheHits),
         ...(this.localPods ? { unknownPods: { members: () => this.unknownPodMembers() } } : {}),
       },
     );
@@ -350,6 +376,7 @@ export class Agent {
         unknownPodTimeoutMs: opts.unknownPodTimeoutMs,
         podCIDRs: opts.podCIDRs,
         ...(opts.strictMode ? { strictCutMark: opts.cutMark } : {}),
+        ...workerCacheOptions(opts.verdictCache, this.rules.backendName),
       },
       this.metrics,
       new DenyLog(log),
@@ -365,6 +392,8 @@ export class Agent {
     await this.source.start((ev) => this.onEvent(ev));
     // A kind with no objects delivers no event: check once more now that start() is done.
     this.afterChange();
+    // The initial lists are applied and dropped: hand their memory back (once they are gone).
+    this.releaseTimer = setTimeout(releaseMemory, 1000);
     this.statsTimer = setInterval(() => this.refreshGauges(), 5000);
   }
 
@@ -501,6 +530,7 @@ export class Agent {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       clearInterval(this.statsTimer);
+      clearTimeout(this.releaseTimer);
       this.unjudged?.stop();
       this.interfaces?.stop();
       await this.source?.stop().catch((e) => this.log.warn("source stop", { error: String(e) }));

@@ -3,6 +3,7 @@
  */
 
 import { formatIP, type ParsedIP, parseIP, parseIPv6 } from "../net/ip.ts";
+import { Interned } from "./intern.ts";
 
 export type { ParsedIP };
 
@@ -15,8 +16,18 @@ export class Cidr {
     private readonly mask: Uint32Array,
   ) {}
 
-  /** Parse "a.b.c.d/n" or "x::/n". Host bits may be set (the API server accepts them). */
+  /**
+   * Parse "a.b.c.d/n" or "x::/n". Host bits may be set (the API server accepts them). Policies
+   * repeat the same blocks: each text is parsed into one shared instance.
+   */
   static parse(text: string): Cidr | string {
+    const known = parsed.lookup(text);
+    if (known) return known;
+    const c = Cidr.parseNew(text);
+    return typeof c === "string" ? c : parsed.put(text, c);
+  }
+
+  private static parseNew(text: string): Cidr | string {
     const slash = text.indexOf("/");
     if (slash < 0) return `"${text}" is not a CIDR (missing "/prefix")`;
     const addrText = text.slice(0, slash);
@@ -70,3 +81,5 @@ export class Cidr {
     return `${formatIP(net)}/${this.prefix}`;
   }
 }
+
+const parsed = new Interned<Cidr>();

@@ -5,6 +5,7 @@
  */
 import { Cidr } from "./cidr.ts";
 import { Selector } from "./selector.ts";
+import { Interned } from "./intern.ts";
 import type { NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort, ObjectError } from "./types.ts";
 import type { Protocol } from "../net/protocol.ts";
 
@@ -202,6 +203,10 @@ function compilePorts(
     return null;
   }
   if (ports.length === 0) return null;
+  const key = JSON.stringify(ports);
+  const known = portLists.lookup(key);
+  if (known) return known;
+  const before = problems.length;
   const out: CompiledPort[] = [];
   ports.forEach((raw: NetworkPolicyPort, i) => {
     const p = `${path}[${i}]`;
@@ -246,5 +251,8 @@ function compilePorts(
       problems.push([`${p}.port`, "must be a number or a port name"]);
     }
   });
-  return out;
+  // Policies repeat the same port lists: one compiled (never mutated) list each.
+  return problems.length > before ? out : portLists.put(key, out);
 }
+
+const portLists = new Interned<CompiledPort[]>();

@@ -32,6 +32,8 @@ import {
 } from "./cluster_compile.ts";
 import { type CompiledPolicy, compilePolicy } from "./compile.ts";
 import { type CompiledPod, compilePod } from "./pod_compile.ts";
+import { Interned } from "./intern.ts";
+import type { Protocol } from "../net/protocol.ts";
 import { NodeIndex } from "./nodes.ts";
 import { RuleTable } from "./rule_table.ts";
 import { type Labels, toLabels } from "./selector.ts";
@@ -92,8 +94,13 @@ const NO_TIERS: TierView = Object.freeze({
   canDeny: false,
 }) as TierView;
 
-/** The engine's view of one pod: only what verdicts need. */
-interface PodEntry extends CompiledPod {
+/**
+ * The engine's view of one pod: only what verdicts need. Kept small (a node agent holds one per
+ * pod of the cluster, twice): labels, named ports and host IPs are shared by every pod that has
+ * the same ones (see Interned), the name is in `key` only, and pods an engine scoped to a node
+ * never judges carry no policy lists (shared empty arrays, never mutated).
+ */
+interface PodEntry extends Omit<CompiledPod, "name"> {
   ingress: CompiledPolicy[];
   egress: CompiledPolicy[];
   /** Keys of `ingress` / `egress`, kept with them so a deny allocates nothing to explain itself. */
@@ -115,6 +122,22 @@ const NO_ADDRESSES: readonly string[] = Object.freeze([]);
 const NOT_JUDGED: DirectionResult = { verdict: "allow", reason: { kind: "not-judged" } };
 const NOT_A_POD: DirectionResult = { verdict: "allow", reason: { kind: "not-a-pod" } };
 
+export interface EngineOptions {
+  /**
+   * Judge only this node's pods (a node agent's engines): pods elsewhere are known as peers
+   * (labels, addresses) but carry no selecting policies and get no rule tables, which is most of
+   * an engine's memory at scale. `evaluate` and `queuedIPs` then judge for this node only.
+   */
+  node?: string;
+}
+
+/** Shared empty lists of pods that have none (never mutated: see ownList). */
+const NO_POLICIES: CompiledPolicy[] = Object.freeze([]) as unknown as CompiledPolicy[];
+const NO_KEYS: string[] = Object.freeze([]) as unknown as string[];
+const NO_CLUSTER_POLICIES: CompiledClusterPolicy[] = Object.freeze(
+  [],
+) as unknown as CompiledClusterPolicy[];
+
 export interface EngineStats {
   pods: number;
   namespaces: number;
@@ -129,11 +152,21 @@ export interface TierStats {
 }
 
 export class PolicyEngine {
+  /** The node this engine judges for (EngineOptions.node); undefined: every node. */
+  private readonly scope: string | undefined;
+  private readonly labelSets = new Interned<Labels>();
+  private readonly portSets = new Interned<
+    ReadonlyMap<string, Partial<Record<Protocol, number>>>
+  >();
+  private readonly hostIPSets = new Interned<ReadonlySet<string>>();
   private readonly namespaces = new Map<string, Labels>();
   private readonly pods = new Map<string, PodEntry>();
   private readonly podsByNamespace = new Map<string, Set<PodEntry>>();
   private readonly podsByNode = new Map<string, Set<PodEntry>>();
-  /** Every pod claiming an IP; `owner` holds the one that wins. */
+  /**
+   * The pods claiming an IP that more than one pod claims (rare: a finished pod's IP reused), in
+   * the order they claimed it; `owner` holds the one that wins, and alone the only claimant.
+   */
   private readonly claims = new Map<string, PodEntry[]>();
   private readonly owner = new Map<string, PodEntry>();
   private readonly policies = new Map<string, CompiledPolicy>();
@@ -160,6 +193,24 @@ export class PolicyEngine {
   private readonly stale = new Set<PodEntry>();
   /** Addresses whose connections' verdicts may have changed; only kept once asked for. */
   private changedAddresses: Set<string> | undefined;
+
+  constructor(opts: EngineOptions = {}) {
+    this.scope = opts.node;
+  }
+
+  /** Whether this engine judges `pod` (always, unless scoped to another node). */
+  private inScope(pod: PodEntry): boolean {
+    return this.scope === undefined || pod.nodeName === this.scope;
+  }
+
+  /** The node to judge for: the engine's scope, or the caller's (which must then agree). */
+  private judgeNode(node: string | undefined): string | undefined {
+    if (this.scope === undefined) return node;
+    if (node !== undefined && node !== this.scope) {
+      throw new RangeError(`this engine judges node ${this.scope} only, not ${node}`);
+    }
+    return this.scope;
+  }
 
   /** Increases on every change that can alter a verdict or the queued set. */
   get generation(): number {
@@ -200,9 +251,8 @@ export class PolicyEngine {
   }
 
   private identityOf(pod: PodEntry): number {
-    const labels = [...pod.labels].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
     const key = `${pod.namespace}\u0000${this.namespaceVersions.get(pod.namespace) ?? 0}\u0000${
-      JSON.stringify(labels)
+      labelsKey(pod.labels)
     }`;
     let id = this.identities.get(key);
     if (id === undefined) this.identities.set(key, id = this.identities.size + 1);
@@ -223,16 +273,28 @@ export class PolicyEngine {
   upsertPod(pod: Pod): ObjectError[] {
     const { pod: compiled, errors } = compilePod(pod);
     if (!compiled) return errors;
+    const { labels, hostIPs, namedPorts, hostNetworkIPs } = compiled;
     const entry: PodEntry = {
-      ...compiled,
-      ingress: [],
-      egress: [],
-      ingressKeys: [],
-      egressKeys: [],
+      key: compiled.key,
+      namespace: compiled.namespace,
+      labels: this.labelSets.get(labelsKey(labels), () => labels),
+      nodeName: compiled.nodeName,
+      hostNetwork: compiled.hostNetwork,
+      ips: compiled.ips,
+      hostIPs: this.hostIPSets.get([...hostIPs].sort().join(" "), () => hostIPs),
+      running: compiled.running,
+      namedPorts: namedPorts.size
+        ? this.portSets.get(JSON.stringify([...namedPorts].sort()), () => namedPorts)
+        : NO_NAMED_PORTS,
+      ingress: NO_POLICIES,
+      egress: NO_POLICIES,
+      ingressKeys: NO_KEYS,
+      egressKeys: NO_KEYS,
       identity: 0,
-      tierPolicies: [],
+      tierPolicies: NO_CLUSTER_POLICIES,
       ingressTiers: NO_TIERS,
       egressTiers: NO_TIERS,
+      hostNetworkIPs: hostNetworkIPs.length ? hostNetworkIPs : NO_KEYS,
     };
     entry.identity = this.identityOf(entry);
     // hostNetwork pods are node endpoints: no policy selects them, they are never queued.
@@ -249,12 +311,7 @@ export class PolicyEngine {
     this.pods.set(entry.key, entry);
     addToIndex(this.podsByNamespace, entry.namespace, entry);
     if (entry.nodeName) addToIndex(this.podsByNode, entry.nodeName, entry);
-    for (const ip of entry.ips) {
-      const list = this.claims.get(ip) ?? [];
-      list.push(entry);
-      this.claims.set(ip, list);
-      this.electOwner(ip);
-    }
+    for (const ip of entry.ips) this.claim(ip, entry);
     this._generation++;
     return errors;
   }
@@ -272,35 +329,52 @@ export class PolicyEngine {
     for (const p of old.tierPolicies) this.clusterSubjects.get(p.key)?.delete(old);
     removeFromIndex(this.podsByNamespace, old.namespace, old);
     if (old.nodeName) removeFromIndex(this.podsByNode, old.nodeName, old);
-    for (const ip of old.ips) {
-      const list = (this.claims.get(ip) ?? []).filter((p) => p !== old);
-      if (list.length) this.claims.set(ip, list);
-      else this.claims.delete(ip);
-      this.electOwner(ip);
-    }
+    for (const ip of old.ips) this.unclaim(ip, old);
     return true;
   }
 
-  /** Two pods with one IP (a finished pod's IP reused): the Running one owns it. */
-  private electOwner(ip: string): void {
-    const list = this.claims.get(ip);
-    if (!list?.length) {
-      this.owner.delete(ip);
+  private claim(ip: string, pod: PodEntry): void {
+    const current = this.owner.get(ip);
+    if (current === undefined) {
+      this.owner.set(ip, pod);
       return;
     }
-    this.owner.set(ip, list.find((p) => p.running) ?? list[list.length - 1]!);
+    const list = this.claims.get(ip) ?? [current];
+    list.push(pod);
+    this.claims.set(ip, list);
+    this.electOwner(ip, list);
+  }
+
+  private unclaim(ip: string, pod: PodEntry): void {
+    const list = this.claims.get(ip);
+    if (list === undefined) {
+      if (this.owner.get(ip) === pod) this.owner.delete(ip);
+      return;
+    }
+    const rest = list.filter((p) => p !== pod);
+    if (rest.length > 1) this.claims.set(ip, rest);
+    else this.claims.delete(ip);
+    if (rest.length === 0) this.owner.delete(ip);
+    else this.electOwner(ip, rest);
+  }
+
+  /** Two pods with one IP (a finished pod's IP reused): the Running one owns it. */
+  private electOwner(ip: string, claimants: PodEntry[]): void {
+    this.owner.set(ip, claimants.find((p) => p.running) ?? claimants[claimants.length - 1]!);
   }
 
   private selectPoliciesFor(pod: PodEntry): void {
     const inNamespace = this.policiesByNamespace.get(pod.namespace);
-    if (!inNamespace) return;
+    if (!inNamespace || !this.inScope(pod)) return;
+    const ingress: CompiledPolicy[] = [];
+    const egress: CompiledPolicy[] = [];
     for (const policy of inNamespace.values()) {
       if (!policy.podSelector.matches(pod.labels)) continue;
-      if (policy.ingress) pod.ingress.push(policy);
-      if (policy.egress) pod.egress.push(policy);
+      if (policy.ingress) ingress.push(policy);
+      if (policy.egress) egress.push(policy);
     }
-    pod.ingress.sort(byKey);
-    pod.egress.sort(byKey);
+    pod.ingress = ingress.length ? ingress.sort(byKey) : NO_POLICIES;
+    pod.egress = egress.length ? egress.sort(byKey) : NO_POLICIES;
     this.refresh(pod);
   }
 
@@ -319,9 +393,11 @@ export class PolicyEngine {
     if (!inNamespace) this.policiesByNamespace.set(policy.namespace, inNamespace = new Map());
     inNamespace.set(policy.key, policy);
     for (const pod of this.podsByNamespace.get(policy.namespace) ?? []) {
-      if (pod.hostNetwork || !policy.podSelector.matches(pod.labels)) continue;
-      if (policy.ingress) insertSorted(pod.ingress, policy);
-      if (policy.egress) insertSorted(pod.egress, policy);
+      if (pod.hostNetwork || !this.inScope(pod) || !policy.podSelector.matches(pod.labels)) {
+        continue;
+      }
+      if (policy.ingress) pod.ingress = withPolicy(pod.ingress, policy);
+      if (policy.egress) pod.egress = withPolicy(pod.egress, policy);
       this.refresh(pod);
       this.noteChanged(pod.ips);
     }
@@ -340,9 +416,9 @@ export class PolicyEngine {
     this.policiesByNamespace.get(old.namespace)?.delete(key);
     for (const pod of this.podsByNamespace.get(old.namespace) ?? []) {
       const i = pod.ingress.indexOf(old);
-      if (i >= 0) pod.ingress.splice(i, 1);
+      if (i >= 0) pod.ingress = withoutPolicy(pod.ingress, old);
       const e = pod.egress.indexOf(old);
-      if (e >= 0) pod.egress.splice(e, 1);
+      if (e >= 0) pod.egress = withoutPolicy(pod.egress, old);
       if (i >= 0 || e >= 0) {
         this.refresh(pod);
         this.noteChanged(pod.ips);
@@ -358,7 +434,8 @@ export class PolicyEngine {
    * destination side allows it as ingress. With `node`, only the sides whose pod runs on that
    * node are judged (each node judges its own pods, so no direction is judged twice).
    */
-  evaluate(conn: Connection, node?: string): Decision {
+  evaluate(conn: Connection, forNode?: string): Decision {
+    const node = this.judgeNode(forNode);
     const src = this.owner.get(conn.src);
     const dst = this.owner.get(conn.dst);
     const egress = !src
@@ -501,7 +578,8 @@ export class PolicyEngine {
    * NetworkPolicy in that direction, or selected by an Admin/Baseline policy with a Deny rule for
    * that direction. What the rules must queue; every other packet's verdict is "allow" anyway.
    */
-  queuedIPs(node?: string): { ingress: string[]; egress: string[] } {
+  queuedIPs(forNode?: string): { ingress: string[]; egress: string[] } {
+    const node = this.judgeNode(forNode);
     const ingress: string[] = [];
     const egress: string[] = [];
     const pods = node === undefined ? this.pods.values() : (this.podsByNode.get(node) ?? []);
@@ -668,9 +746,9 @@ export class PolicyEngine {
     for (const [namespace, pods] of this.podsByNamespace) {
       if (!policy.subjectNamespaces.matches(this.namespaceLabels(namespace))) continue;
       for (const pod of pods) {
-        if (pod.hostNetwork || (policy.subjectPods && !policy.subjectPods.matches(pod.labels))) {
-          continue;
-        }
+        if (pod.hostNetwork || !this.inScope(pod)) continue;
+        if (policy.subjectPods && !policy.subjectPods.matches(pod.labels)) continue;
+        if (pod.tierPolicies === NO_CLUSTER_POLICIES) pod.tierPolicies = [];
         insertInTierOrder(pod.tierPolicies, policy);
         selected.add(pod);
         this.rebuildTiers(pod);
@@ -705,16 +783,21 @@ export class PolicyEngine {
   /** Which cluster policies' subjects select this pod (after its labels or namespace changed). */
   private selectTiersFor(pod: PodEntry): void {
     for (const p of pod.tierPolicies) this.clusterSubjects.get(p.key)?.delete(pod);
-    pod.tierPolicies = [];
+    pod.tierPolicies = NO_CLUSTER_POLICIES;
+    if (!this.inScope(pod)) {
+      pod.ingressTiers = pod.egressTiers = NO_TIERS;
+      return;
+    }
     if (!pod.hostNetwork && this.clusterPolicies.size) {
+      const selected: CompiledClusterPolicy[] = [];
       const nsLabels = this.namespaceLabels(pod.namespace);
       for (const policy of this.clusterPolicies.values()) {
         if (!policy.subjectNamespaces.matches(nsLabels)) continue;
         if (policy.subjectPods && !policy.subjectPods.matches(pod.labels)) continue;
-        pod.tierPolicies.push(policy);
+        selected.push(policy);
         this.clusterSubjects.get(policy.key)?.add(pod);
       }
-      pod.tierPolicies.sort(tierOrder);
+      if (selected.length) pod.tierPolicies = selected.sort(tierOrder);
     }
     this.rebuildTiers(pod);
   }
@@ -845,8 +928,8 @@ function tierDecision(
 
 /** The pod's selecting policies changed: new explanation keys, tables rebuilt on next use. */
 function resetTables(pod: PodEntry): void {
-  pod.ingressKeys = pod.ingress.map((p) => p.key);
-  pod.egressKeys = pod.egress.map((p) => p.key);
+  pod.ingressKeys = pod.ingress.length ? pod.ingress.map((p) => p.key) : NO_KEYS;
+  pod.egressKeys = pod.egress.length ? pod.egress.map((p) => p.key) : NO_KEYS;
   pod.ingressTable = undefined;
   pod.egressTable = undefined;
 }
@@ -855,11 +938,24 @@ function byKey(a: CompiledPolicy, b: CompiledPolicy): number {
   return a.key < b.key ? -1 : a.key > b.key ? 1 : 0;
 }
 
-function insertSorted(list: CompiledPolicy[], policy: CompiledPolicy): void {
+/** `list` with `policy` inserted in key order (a new array: lists may be shared empties). */
+function withPolicy(list: CompiledPolicy[], policy: CompiledPolicy): CompiledPolicy[] {
   let i = 0;
   while (i < list.length && byKey(list[i]!, policy) < 0) i++;
-  list.splice(i, 0, policy);
+  return [...list.slice(0, i), policy, ...list.slice(i)];
 }
+
+function withoutPolicy(list: CompiledPolicy[], policy: CompiledPolicy): CompiledPolicy[] {
+  const rest = list.filter((p) => p !== policy);
+  return rest.length ? rest : NO_POLICIES;
+}
+
+/** One text per label set, the same whatever the order the labels came in. */
+function labelsKey(labels: Labels): string {
+  return JSON.stringify([...labels].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
+}
+
+const NO_NAMED_PORTS: ReadonlyMap<string, Partial<Record<Protocol, number>>> = new Map();
 
 function addToIndex<K, V>(index: Map<K, Set<V>>, key: K, value: V): void {
   let set = index.get(key);

@@ -3,6 +3,7 @@
  * an empty selector matches everything (as `podSelector: {}` does in the API).
  */
 import type { LabelSelector } from "./types.ts";
+import { Interned } from "./intern.ts";
 
 export type Labels = ReadonlyMap<string, string>;
 
@@ -53,6 +54,10 @@ export class Selector {
       problems.push([path, "must be an object"]);
       return null;
     }
+    // Policies repeat the same selectors: one compiled instance each (only valid ones are kept).
+    const key = JSON.stringify(sel);
+    const known = compiled.lookup(key);
+    if (known) return known;
     const before = problems.length;
     const reqs: Requirement[] = [];
     const ml = sel.matchLabels;
@@ -113,9 +118,11 @@ export class Selector {
         });
       }
     }
-    return problems.length > before ? null : new Selector(reqs);
+    return problems.length > before ? null : compiled.put(key, new Selector(reqs));
   }
 }
+
+const compiled = new Interned<Selector>();
 
 /**
  * Labels of an object as a Map (immune to keys like "constructor" on plain objects). A value that

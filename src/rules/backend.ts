@@ -3,6 +3,11 @@
  * why (hooks, chain order, the deny-mark contract, updates, shutdown) is in docs/rules.md.
  */
 import type { UnknownPodMembers } from "../policy/local_pods.ts";
+import {
+  type CacheHits,
+  validateCacheOptions,
+  type VerdictCacheRuleOptions,
+} from "./verdict_cache_rules.ts";
 
 export interface RuleOptions {
   /** NFQUEUE number the verdict loop listens on. */
@@ -16,6 +21,8 @@ export interface RuleOptions {
    * refuses every packet of such a connection (rule 2, docs/rules.md). Absent: strict mode off.
    */
   cutMark?: number;
+  /** The kernel verdict cache (verdict_cache_rules.ts); absent: off (`--verdict-cache=false`). */
+  verdictCache?: VerdictCacheRuleOptions;
 }
 
 /** Local pod IPs to queue, IPv4 and IPv6 mixed; from `engine.queuedIPs(node)`. */
@@ -47,6 +54,11 @@ export interface DataplaneStatus {
    * families (their own counters); undefined when the rules could not be read.
    */
   queueRulePackets?: number;
+  /**
+   * First packets the verdict cache answered in the kernel since the rules were installed, by
+   * verdict (the hit rules' own counters); undefined when the cache is off or unreadable.
+   */
+  cacheHits?: CacheHits;
 }
 
 export interface RuleBackend {
@@ -82,4 +94,5 @@ export function validateRuleOptions(opts: RuleOptions): void {
   if (cut !== undefined && (!Number.isInteger(cut) || cut <= 0 || cut > 0xffffffff)) {
     throw new RangeError(`cutMark must be a non-zero 32-bit mark, got ${cut}`);
   }
+  if (opts.verdictCache) validateCacheOptions(opts.verdictCache, opts.denyMark, opts.cutMark);
 }

@@ -1,13 +1,21 @@
 /**
  * The ipsets the iptables backends match on: `kube-netpol-<direction>-v4|v6`, type hash:ip, and
  * the pod-start race's `kube-netpol-podcidr-v4|v6` (hash:net) and `kube-netpol-known-v4|v6`
- * (hash:ip; see unknown_pod_sets.ts). Rendering is pure (unit-tested); `IpsetSets` runs the
- * batches through a CommandRunner.
+ * (hash:ip; see unknown_pod_sets.ts), and the verdict cache's `kube-netpol-cache-*`
+ * (verdict_cache_rules.ts). Rendering is pure (unit-tested); `IpsetSets` runs the batches
+ * through a CommandRunner.
  */
 import { type CommandRunner, runChecked } from "./command.ts";
 import { diffMembers, QUEUE_SETS } from "./queue_sets.ts";
 import { memberKey, UNKNOWN_POD_SETS } from "./unknown_pod_sets.ts";
 import { canonicalIP, type IPFamily } from "../net/ip.ts";
+import {
+  allIpsetCacheNames,
+  cacheSetsInUse,
+  ipsetCacheName,
+  renderIpsetCacheCreate,
+  type VerdictCacheRuleOptions,
+} from "./verdict_cache_rules.ts";
 
 /** Every ipset we own starts with this; nothing else is ever created, changed or destroyed. */
 export const IPSET_PREFIX = "kube-netpol-";
@@ -84,10 +92,17 @@ export function parseIpsetSaveAll(text: string): Map<string, string[]> {
 }
 
 export class IpsetSets {
-  constructor(private readonly run: CommandRunner) {}
+  constructor(
+    private readonly run: CommandRunner,
+    private readonly cache?: VerdictCacheRuleOptions,
+  ) {}
 
+  /** The queue sets (kept with their members) and the verdict cache's sets (always fresh). */
   async create(): Promise<void> {
     await runChecked(this.run, "ipset", ["restore", "-exist"], renderIpsetCreate());
+    if (!this.cache) return;
+    const batch = renderIpsetCacheCreate(this.cache, new Set(await this.existing()));
+    if (batch) await runChecked(this.run, "ipset", ["restore"], batch);
   }
 
   /**
@@ -120,6 +135,18 @@ export class IpsetSets {
     return parseIpsetSaveAll(await runChecked(this.run, "ipset", ["save"]));
   }
 
+  /**
+   * Destroy cache sets the current options do not use (left by a run with other flags); call once
+   * the rules no longer reference them.
+   */
+  async destroyUnusedCacheSets(): Promise<void> {
+    const inUse = new Set(cacheSetsInUse(this.cache).map(ipsetCacheName));
+    const cacheNames = new Set(allIpsetCacheNames());
+    const unused = (await this.existing()).filter((n) => cacheNames.has(n) && !inUse.has(n));
+    if (unused.length === 0) return;
+    await runChecked(this.run, "ipset", ["restore"], unused.map((n) => `destroy ${n}\n`).join(""));
+  }
+
   /** Destroy those of our sets that exist. Fails while some rule still references one. */
   async destroy(): Promise<void> {
     const names = await this.existing();
@@ -131,7 +158,7 @@ export class IpsetSets {
   async existing(): Promise<string[]> {
     const res = await this.run.run("ipset", ["list", "-n"]);
     if (res.code !== 0) return [];
-    const ours = new Set(OWNED_SETS.map(ipsetName));
+    const ours = new Set([...OWNED_SETS.map(ipsetName), ...allIpsetCacheNames()]);
     return res.stdout.split("\n").map((l) => l.trim()).filter((l) => ours.has(l));
   }
 }

@@ -23,6 +23,12 @@ import {
   unknownPodMembers,
   unknownPodSetDamage,
 } from "./unknown_pod_sets.ts";
+import {
+  iptablesCacheAllowFillRules,
+  iptablesCacheDenyFillRules,
+  iptablesCacheHitRules,
+  iptablesNotMarked,
+} from "./verdict_cache_rules.ts";
 
 export type IptablesFlavour = "nft" | "legacy";
 export const IPTABLES_FLAVOURS: readonly IptablesFlavour[] = ["nft", "legacy"];
@@ -53,7 +59,7 @@ export function renderIptablesChainRules(opts: RuleOptions, family: IPFamily): s
   const mark = `${hex(opts.denyMark)}/${hex(opts.denyMark)}`;
   const unreachable = family === 4 ? "icmp-port-unreachable" : "icmp6-port-unreachable";
   const queue = `-j NFQUEUE --queue-num ${opts.queueId}${opts.failOpen ? " --queue-bypass" : ""}`;
-  const isNew = `-m conntrack --ctstate NEW -m mark ! --mark ${mark}`;
+  const isNew = `-m conntrack --ctstate NEW ${iptablesNotMarked(opts)}`;
   const invalid = "-m conntrack --ctstate INVALID";
   const set = (direction: "ingress" | "egress") => {
     const s = QUEUE_SETS.find((q) => q.direction === direction && q.family === family);
@@ -61,6 +67,7 @@ export function renderIptablesChainRules(opts: RuleOptions, family: IPFamily): s
   };
   const c = `-A ${IPTABLES_CHAIN}`;
   return [
+    ...iptablesCacheDenyFillRules(opts, family, IPTABLES_CHAIN),
     `${c} -p tcp -m mark --mark ${mark} -j REJECT --reject-with tcp-reset`,
     `${c} -p udp -m mark --mark ${mark} -j REJECT --reject-with ${unreachable}`,
     `${c} -m mark --mark ${mark} -j DROP`,
@@ -69,10 +76,13 @@ export function renderIptablesChainRules(opts: RuleOptions, family: IPFamily): s
     // queued: drop them where the pod is isolated, as for any other unjudged traffic.
     `${c} ${invalid} -m set --match-set ${set("ingress")} dst -j DROP`,
     `${c} ${invalid} -m set --match-set ${set("egress")} src -j DROP`,
+    ...iptablesCacheHitRules(opts, family, IPTABLES_CHAIN),
     `${c} ${isNew} -m set --match-set ${set("ingress")} dst ${queue}`,
     `${c} ${isNew} -m set --match-set ${set("egress")} src ${queue}`,
     // Pods that started before the agent knew them (the pod-start race).
     ...renderIptablesUnknownPodRules(opts, family, IPTABLES_CHAIN, (n) => ipsetName({ name: n })),
+    // Last: allowed packets handed back to be remembered (they skipped every queue rule above).
+    ...iptablesCacheAllowFillRules(opts, family, IPTABLES_CHAIN),
   ];
 }
 
@@ -178,7 +188,7 @@ export class IptablesBackend implements RuleBackend {
   ) {
     validateRuleOptions(opts);
     this.name = `iptables-${flavour}`;
-    this.sets = new IpsetSets(run);
+    this.sets = new IpsetSets(run, opts.verdictCache);
   }
 
   /** The filter table with packet counters (`-t filter`: cheap even beside kube-proxy's nat). */
@@ -206,6 +216,7 @@ export class IptablesBackend implements RuleBackend {
       await this.restore(family, renderIptablesInstall(this.opts, family, filter, markTable));
       this.installedRules.set(family, readIptablesSave(await this.saveFilter(family)).chainRules);
     }
+    await this.sets.destroyUnusedCacheSets();
   }
 
   async sync(ips: QueuedIPs): Promise<{ added: number; removed: number }> {
@@ -218,11 +229,15 @@ export class IptablesBackend implements RuleBackend {
 
   async check(synced: QueuedIPs | undefined): Promise<DataplaneStatus> {
     const status: DataplaneStatus = { damage: [], queueRulePackets: 0 };
+    const hits = { allow: 0, deny: 0 };
     for (const family of FAMILIES) {
       const view = readIptablesSave(await this.saveFilter(family));
       status.damage.push(...iptablesDamage(family, view, this.installedRules.get(family) ?? []));
       status.queueRulePackets! += view.queuePackets;
+      hits.allow += view.cacheHits.allow;
+      hits.deny += view.cacheHits.deny;
     }
+    if (this.opts.verdictCache) status.cacheHits = hits;
     const sets = await this.sets.list();
     status.damage.push(...setDamage(sets, synced), ...unknownPodSetDamage(sets, synced));
     return status;

@@ -5,6 +5,7 @@
  */
 import type { Damage } from "./backend.ts";
 import type { IPFamily } from "../net/ip.ts";
+import { type CacheHits, iptablesCacheHitVerdict } from "./verdict_cache_rules.ts";
 
 /** The chain and hooks, repeated here to keep this module free of the backend's imports. */
 const CHAIN = "KUBE-NETPOL";
@@ -23,6 +24,8 @@ export interface IptablesView {
   jumps: Record<(typeof HOOKS)[number], number>;
   /** Packets matched by our NFQUEUE rules (their own counters). */
   queuePackets: number;
+  /** Packets matched by the verdict cache's hit rules, by verdict. */
+  cacheHits: CacheHits;
 }
 
 const COUNTERS = /^\[(\d+):(\d+)\] /;
@@ -38,6 +41,7 @@ export function readIptablesSave(saveText: string): IptablesView {
     firstRule: { INPUT: undefined, FORWARD: undefined },
     jumps: { INPUT: 0, FORWARD: 0 },
     queuePackets: 0,
+    cacheHits: { allow: 0, deny: 0 },
   };
   if (start < 0) return view;
   for (let i = start + 1; i < lines.length && lines[i] !== "COMMIT"; i++) {
@@ -48,6 +52,8 @@ export function readIptablesSave(saveText: string): IptablesView {
     if (line.startsWith(`-A ${CHAIN} `)) {
       view.chainRules.push(line);
       if (/ -j NFQUEUE( |$)/.test(line)) view.queuePackets += Number(counted?.[1] ?? 0);
+      const hit = iptablesCacheHitVerdict(line);
+      if (hit) view.cacheHits[hit] += Number(counted?.[1] ?? 0);
       continue;
     }
     for (const hook of HOOKS) {

@@ -27,6 +27,15 @@ import {
   unknownPodMembers,
   unknownPodSetDamage,
 } from "./unknown_pod_sets.ts";
+import {
+  type CacheHits,
+  nftCacheAllowFillRules,
+  nftCacheDenyFillRules,
+  nftCacheHitRules,
+  nftCacheHitVerdict,
+  nftNotMarked,
+  renderNftCacheSets,
+} from "./verdict_cache_rules.ts";
 
 export const NFT_TABLE = "inet kube-netpol";
 const JUDGE = "judge";
@@ -59,10 +68,10 @@ export function renderNftCutRules(opts: RuleOptions): string[] {
  * is a no-op, so set members survive a re-install; our chains are flushed and refilled in the
  * same transaction, so the kernel never sees a half-built rule set.
  */
-export function renderNftInstall(opts: RuleOptions): string {
+export function renderNftInstall(opts: RuleOptions, existingSets: readonly string[] = []): string {
   const m = hex(opts.denyMark);
   const marked = `meta mark & ${m} == ${m}`;
-  const isNew = `ct state new meta mark & ${m} != ${m}`;
+  const isNew = `ct state new ${nftNotMarked(opts)}`;
   const queue = renderNftQueue(opts);
   const rule = (body: string) => `add rule ${NFT_TABLE} ${JUDGE} ${body}`;
   const lines = [`add table ${NFT_TABLE}`];
@@ -73,6 +82,9 @@ export function renderNftInstall(opts: RuleOptions): string {
   lines.push(
     `add chain ${NFT_TABLE} ${JUDGE}`,
     `flush chain ${NFT_TABLE} ${JUDGE}`,
+    // The chain no longer references the cache sets: they can be replaced by fresh ones.
+    ...renderNftCacheSets(opts, NFT_TABLE, existingSets),
+    ...nftCacheDenyFillRules(opts).map(rule),
     rule(`${marked} meta l4proto tcp reject with tcp reset`),
     rule(`${marked} meta l4proto udp reject with icmpx type port-unreachable`),
     rule(`${marked} drop`),
@@ -82,10 +94,13 @@ export function renderNftInstall(opts: RuleOptions): string {
     `${s.family === 4 ? "ip" : "ip6"} ${s.direction === "ingress" ? "daddr" : "saddr"} @${s.name}`;
   // Packets conntrack cannot place are never queued: drop them where the pod is isolated.
   for (const s of QUEUE_SETS) lines.push(rule(`ct state invalid ${match(s)} drop`));
+  lines.push(...nftCacheHitRules(opts).map(rule));
   // The counter lets the dataplane check count packets the kernel let through unjudged.
   for (const s of QUEUE_SETS) lines.push(rule(`${isNew} ${match(s)} counter ${queue}`));
   // Pods that started before the agent knew them (the pod-start race).
   for (const body of renderNftUnknownPodRules(opts, queue)) lines.push(rule(body));
+  // Last: allowed packets handed back to be remembered (they skipped every queue rule above).
+  lines.push(...nftCacheAllowFillRules(opts).map(rule));
   for (const b of BASE_CHAINS) {
     lines.push(
       `add chain ${NFT_TABLE} ${b.name} { type filter hook ${b.hook} priority filter - 10; policy accept; }`,
@@ -146,6 +161,8 @@ export interface NftView {
   rules: Map<string, string[]>;
   /** Packets counted by the rules that queue. */
   queuePackets: number;
+  /** Packets counted by the verdict cache's hit rules, by verdict. */
+  cacheHits: CacheHits;
 }
 
 export function readNftTable(json: string): NftView {
@@ -154,6 +171,7 @@ export function readNftTable(json: string): NftView {
     chains: new Map(),
     rules: new Map(),
     queuePackets: 0,
+    cacheHits: { allow: 0, deny: 0 },
   };
   const doc = JSON.parse(json) as { nftables?: Array<Record<string, unknown>> };
   for (const item of doc.nftables ?? []) {
@@ -172,6 +190,8 @@ export function readNftTable(json: string): NftView {
       return { counter: null };
     });
     if (expr.some((e) => "queue" in e)) view.queuePackets += packets;
+    const hit = nftCacheHitVerdict(expr);
+    if (hit) view.cacheHits[hit] += packets;
     const list = view.rules.get(rule.chain) ?? [];
     list.push(JSON.stringify(shape));
     view.rules.set(rule.chain, list);
@@ -220,7 +240,10 @@ export class NftablesBackend implements RuleBackend {
   }
 
   async install(): Promise<void> {
-    await runChecked(this.run, "nft", ["-f", "-"], renderNftInstall(this.opts));
+    // Cache sets present now are replaced by fresh ones (other flags, or stale entries).
+    const before = await this.run.run("nft", ["-j", "list", "table", ...NFT_TABLE.split(" ")]);
+    const existing = before.code === 0 ? [...parseNftSetMembers(before.stdout).keys()] : [];
+    await runChecked(this.run, "nft", ["-f", "-"], renderNftInstall(this.opts, existing));
     this.installed = readNftTable(await this.list());
   }
 
@@ -237,6 +260,7 @@ export class NftablesBackend implements RuleBackend {
         ...unknownPodSetDamage(now.sets, synced),
       ],
       queueRulePackets: now.queuePackets,
+      ...(this.opts.verdictCache ? { cacheHits: now.cacheHits } : {}),
     };
   }
 

@@ -106,7 +106,7 @@ export class RuleSync {
     return new RuleSync({ backend, failOpen: opts.failOpen, engine, node, metrics, log, ...extra });
   }
 
-  get backendName(): string {
+  get backendName(): RuleBackend["name"] {
     return this.o.backend.name;
   }
 

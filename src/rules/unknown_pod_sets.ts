@@ -2,13 +2,13 @@
  * The kernel side of the pod-start race (src/policy/local_pods.ts says why): per IP family, a set
  * of this node's pod CIDRs and a set of the addresses in them the agent knows, and the rules that
  * queue a new connection from or to an address in the first but not in the second (chain order
- * step 6 in docs/rules.md). Both backends render from here; pure, no commands run.
+ * rules 8 and 9 in docs/rules.md). Both backends render from here; pure, no commands run.
  */
 import type { Damage, QueuedIPs, RuleOptions } from "./backend.ts";
-import { hex } from "./backend.ts";
 import { canonicalIP, type IPFamily, parseIP } from "../net/ip.ts";
 import { Cidr } from "../policy/cidr.ts";
 import { diffMembers, type SetDiff } from "./queue_sets.ts";
+import { iptablesNotMarked, nftNotMarked } from "./verdict_cache_rules.ts";
 
 export interface UnknownPodSet {
   /** `cidrs`: this node's pod CIDRs (ipset hash:net, nft interval set); `known`: addresses. */
@@ -114,14 +114,14 @@ export function renderIptablesUnknownPodRules(
   chain: string,
   ipsetName: (short: string) => string,
 ): string[] {
-  const mark = `${hex(opts.denyMark)}/${hex(opts.denyMark)}`;
   const queue = `-j NFQUEUE --queue-num ${opts.queueId}${opts.failOpen ? " --queue-bypass" : ""}`;
   const { cidrs, known } = unknownPodSetsOf(family);
   const unknown = (dir: "src" | "dst") =>
     `-m set --match-set ${ipsetName(cidrs.name)} ${dir} ` +
     `-m set ! --match-set ${ipsetName(known.name)} ${dir}`;
   const c = `-A ${chain}`;
-  const isNew = `-m conntrack --ctstate NEW -m mark ! --mark ${mark}`;
+  // Neither mark bit: a packet handed back with the deny or the cache mark is never queued again.
+  const isNew = `-m conntrack --ctstate NEW ${iptablesNotMarked(opts)}`;
   return [
     `${c} -m conntrack --ctstate INVALID ${unknown("src")} -j DROP`,
     `${c} -m conntrack --ctstate INVALID ${unknown("dst")} -j DROP`,
@@ -141,8 +141,7 @@ export function renderNftUnknownPodSets(table: string): string[] {
 
 /** nft rule bodies, in the same order as the iptables ones, both families. */
 export function renderNftUnknownPodRules(opts: RuleOptions, queue: string): string[] {
-  const m = hex(opts.denyMark);
-  const isNew = `ct state new meta mark & ${m} != ${m}`;
+  const isNew = `ct state new ${nftNotMarked(opts)}`;
   const out: string[] = [];
   const both = (f: (match: string) => string) => {
     for (const family of [4, 6] as const) {

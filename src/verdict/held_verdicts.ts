@@ -29,6 +29,11 @@ export interface HeldPacket {
   packet: ParsedPacket;
   /** Clock reading (ms) when it was received. */
   since: number;
+  /**
+   * The kernel's verdict cache may remember its verdict (verdict_cache.ts `cacheable`, decided
+   * from the payload, which is not kept). Only a verdict judged on release can carry the mark.
+   */
+  cacheable?: boolean;
 }
 
 export type ReleaseReason = "timeout" | "overflow";

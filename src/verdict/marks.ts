@@ -12,6 +12,16 @@
 export const DEFAULT_DENY_MARK = 0x00100000;
 
 /**
+ * "Remember this verdict" (the kernel verdict cache, docs/rules.md): a first packet the agent
+ * allowed comes back with NF_REPEAT and this bit; a rule after the queue rules adds its key to
+ * the cache set and accepts it. With the deny mark as well, the key goes to the deny cache
+ * before the reject rule refuses the packet. The queue rules never match a packet carrying
+ * either bit, so a marked packet cannot loop. Another component on the node must not use this
+ * bit: a packet arriving with it would skip the queue (`--verdict-cache-mark` moves it).
+ */
+export const DEFAULT_CACHE_MARK = 0x00200000;
+
+/**
  * Conntrack mark contract of strict mode (strict_cuts.ts): a connection that a state change now
  * denies gets CUT_MARK set in its ct mark (only these bits: the kernel keeps the others), and the
  * backend's chain refuses every packet of such a connection, in both directions (TCP reset, ICMP

@@ -17,6 +17,9 @@ import type { Connection, Decision } from "../policy/types.ts";
 import { NF_ACCEPT, NF_DROP, NF_REPEAT, type NfVerdict } from "../netlink/nfqueue.ts";
 import type { PacketStats } from "./verdict_stats.ts";
 import type { VerdictRecord } from "./verdict_protocol.ts";
+import { cacheable } from "./verdict_cache.ts";
+import { type MemoEntry, VerdictMemo } from "./verdict_memo.ts";
+import type { ConnectionProtocol } from "../net/protocol.ts";
 
 export interface JudgeOptions {
   nodeName: string;
@@ -61,6 +64,26 @@ export class PacketJudge {
    * (LocalPodAddresses.isUnknown); a packet with such an endpoint is held, not judged.
    */
   unknownEndpoint?: (ip: string) => boolean;
+  /**
+   * [pod-start race] Changes whenever `unknownEndpoint` may answer differently without a new
+   * engine generation (this node's interface addresses changed): the memo is forgotten then.
+   */
+  unknownVersion?: () => number;
+  /**
+   * The verdict cache's mark for allowed and for denied packets the kernel may remember now; 0
+   * when it may not (cache off, or not current: see verdict_cache.ts). Set between turns, and
+   * valid only for the engine generation it was set at (`cacheGeneration`): a verdict from any
+   * other state is never marked, whatever the caller does in between.
+   */
+  private cacheAllowMark = 0;
+  private cacheDenyMark = 0;
+  private cacheGeneration = -1;
+  /** Whether the packet judge() last returned `held` for may have its verdict remembered. */
+  private heldCacheable = false;
+  /** Decisions by raw packet key within one engine generation (verdict_memo.ts). */
+  private readonly memo = new VerdictMemo();
+  /** The payload of a packet judged from the memo: parsed only if a record is asked for. */
+  private unparsed: Uint8Array | undefined;
 
   constructor(
     private readonly engine: PolicyEngine,
@@ -68,6 +91,17 @@ export class PacketJudge {
     private readonly stats: PacketStats,
     private readonly clock: Clock = () => performance.now(),
   ) {}
+
+  /**
+   * What later verdicts mark for the kernel verdict cache (0: nothing); see WorkerCache. Call
+   * right after the cache was emptied for the engine's current state: the marks hold for this
+   * engine generation only.
+   */
+  setCacheMarks(allow: number, deny: number): void {
+    this.cacheAllowMark = allow >>> 0;
+    this.cacheDenyMark = deny >>> 0;
+    this.cacheGeneration = this.engine.generation;
+  }
 
   /**
    * Judges one packet. Never throws. `started` is the clock's reading when the packet was
@@ -79,6 +113,15 @@ export class PacketJudge {
     out.held = false;
     this.decision = undefined;
     this.error = undefined;
+    this.unparsed = undefined;
+    const memo = this.memo;
+    memo.sync(this.engine.generation, this.unknownVersion?.() ?? 0);
+    // A remembered key was judged (not held) in this same state, so its endpoints are known.
+    const keyed = memo.key(payload);
+    if (keyed) {
+      const hit = memo.get();
+      if (hit) return this.remembered(hit, payload, mark, started);
+    }
     const parsed = parsePacket(payload);
     if (!parsed.ok) {
       this.packet = undefined;
@@ -93,10 +136,15 @@ export class PacketJudge {
     this.family = p.family;
     const unknown = this.unknownEndpoint;
     if (unknown && (unknown(p.src) || unknown(p.dst))) {
+      // The payload buffer is reused: whether its key is the kernel's is decided now.
+      this.heldCacheable = cacheable(payload, p);
       out.held = true;
       return out;
     }
-    return this.decide(p, mark, started);
+    const decision = this.evaluate(p);
+    if (!decision) return this.deny(this.refusal(p.protocol, mark), p.protocol, started);
+    if (keyed) memo.set({ decision, protocol: p.protocol });
+    return this.decided(decision, p.protocol, p.family, cacheable(payload, p), mark, started);
   }
 
   /** The packet judge() returned `held` for (its parsed connection), for the caller to keep. */
@@ -104,33 +152,77 @@ export class PacketJudge {
     return this.out.held ? this.packet : undefined;
   }
 
-  /** Judge a packet held earlier, now that its addresses are known. Never throws. */
-  judgeParsed(p: ParsedPacket, mark: number, started: number): PacketVerdict {
+  /** Whether the kernel's verdict cache may remember the held packet's verdict once judged. */
+  get heldPacketCacheable(): boolean {
+    return this.out.held && this.heldCacheable;
+  }
+
+  /**
+   * Judge a packet held earlier, now that its addresses are known, with the engine's state now
+   * (never a verdict from when it was held). `cacheableKey`: heldPacketCacheable when it was held.
+   * Never throws.
+   */
+  judgeParsed(
+    p: ParsedPacket,
+    mark: number,
+    started: number,
+    cacheableKey = false,
+  ): PacketVerdict {
     this.out.mark = undefined;
     this.out.held = false;
     this.decision = undefined;
     this.error = undefined;
+    this.unparsed = undefined;
     this.packet = p;
     this.failure = undefined;
     this.family = p.family;
-    return this.decide(p, mark, started);
+    const decision = this.evaluate(p);
+    if (!decision) return this.deny(this.refusal(p.protocol, mark), p.protocol, started);
+    return this.decided(decision, p.protocol, p.family, cacheableKey, mark, started);
   }
 
-  private decide(p: ParsedPacket, mark: number, started: number): PacketVerdict {
-    const out = this.out;
+  /** The engine's decision, or undefined (counted, error kept for the record) when it threw. */
+  private evaluate(p: ParsedPacket): Decision | undefined {
     const conn = this.conn;
     conn.src = p.src;
     conn.dst = p.dst;
     conn.protocol = p.protocol;
     conn.port = p.dstPort;
-    let decision: Decision;
     try {
-      decision = this.engine.evaluate(conn, this.opts.nodeName);
+      return this.engine.evaluate(conn, this.opts.nodeName);
     } catch (e) {
       this.error = e;
       this.stats.parseFailure("evaluation-error");
-      return this.deny(this.refusal(p, mark), p.protocol, started);
+      return undefined;
     }
+  }
+
+  /** A packet whose key was judged before in this generation: the same decision, unparsed. */
+  private remembered(
+    hit: MemoEntry,
+    payload: Uint8Array,
+    mark: number,
+    started: number,
+  ): PacketVerdict {
+    this.packet = undefined;
+    this.failure = undefined;
+    this.family = 4;
+    this.decision = hit.decision;
+    this.unparsed = payload;
+    // The memo holds only IPv4 TCP, UDP and SCTP: what the kernel's cache may remember.
+    return this.decided(hit.decision, hit.protocol, 4, true, mark, started);
+  }
+
+  /** The verdict for a decision, with the statistics and the marks it calls for. */
+  private decided(
+    decision: Decision,
+    protocol: ConnectionProtocol,
+    family: 4 | 6,
+    cacheableKey: boolean,
+    mark: number,
+    started: number,
+  ): PacketVerdict {
+    const out = this.out;
     this.decision = decision;
     const stats = this.stats;
     const e = decision.egress.reason.kind;
@@ -139,13 +231,20 @@ export class PacketJudge {
     if (i !== "not-judged" && i !== "not-a-pod") {
       stats.direction("ingress", decision.ingress.verdict);
     }
+    // Marks set for another state (a change applied since the cache was last emptied) are void.
+    const remember = cacheableKey && this.cacheGeneration === this.engine.generation;
     if (decision.verdict === "allow") {
-      out.verdict = NF_ACCEPT;
       out.allowed = true;
-      stats.packet("allow", p.protocol, p.family === 6 ? "6" : "4", this.micros(started));
+      if (remember && this.cacheAllowMark !== 0) {
+        // Handed back once more so the kernel remembers the key (and accepts the packet).
+        out.verdict = NF_REPEAT;
+        out.mark = (mark | this.cacheAllowMark) >>> 0;
+      } else out.verdict = NF_ACCEPT;
+      stats.packet("allow", protocol, family === 6 ? "6" : "4", this.micros(started));
       return out;
     }
-    return this.deny(this.refusal(p, mark), p.protocol, started);
+    const denyMark = remember ? this.cacheDenyMark : 0;
+    return this.deny(this.refusal(protocol, mark | denyMark), protocol, started);
   }
 
   /**
@@ -153,8 +252,8 @@ export class PacketJudge {
    * deny mark, so the backend's reject rule sends a TCP reset or an ICMP port unreachable and the
    * client fails at once; anything else is dropped. Sets the mark on `out`.
    */
-  private refusal(p: ParsedPacket, mark: number): NfVerdict {
-    if (p.protocol !== "TCP" && p.protocol !== "UDP") return NF_DROP;
+  private refusal(protocol: ConnectionProtocol, mark: number): NfVerdict {
+    if (protocol !== "TCP" && protocol !== "UDP") return NF_DROP;
     this.out.mark = (mark | this.opts.denyMark) >>> 0;
     return NF_REPEAT;
   }
@@ -176,6 +275,10 @@ export class PacketJudge {
    * none. Built on demand (the worker asks only for records it keeps), so judging allocates none.
    */
   record(time: number): VerdictRecord {
+    if (this.unparsed && !this.packet) {
+      const parsed = parsePacket(this.unparsed);
+      if (parsed.ok) this.packet = parsed.packet;
+    }
     const p = this.packet;
     if (p && this.decision) {
       return {

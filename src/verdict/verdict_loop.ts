@@ -45,6 +45,9 @@ export class VerdictLoop {
   private readonly failingSources = new Set<SystemStatsSource>();
   /** The latest counters of our queue from /proc and when the Worker read them (Date.now()). */
   latestQueue?: { stats: NfqueueStats; readAt: number; received: number };
+  /** State events up to this one are applied and flushed out of the verdict cache. */
+  private cacheCurrentSeq = 0;
+  private cacheWaiters: (() => void)[] = [];
 
   private constructor(
     private readonly worker: Worker,
@@ -130,6 +133,11 @@ export class VerdictLoop {
       recordStrictReport(this.metrics, this.log, msg.report);
       return;
     }
+    if (msg.type === "cache-current") {
+      this.cacheCurrentSeq = Math.max(this.cacheCurrentSeq, msg.seq);
+      if (this.cacheCurrentSeq >= this.seq) { for (const w of this.cacheWaiters.splice(0)) w(); }
+      return;
+    }
     if (msg.type === "warning") {
       this.log.warn("verdict loop warning; packets are still judged", { error: msg.message });
       return;
@@ -137,6 +145,11 @@ export class VerdictLoop {
     if (msg.type !== "report") return;
     recordSnapshot(this.metrics, msg.stats);
     if (msg.held) recordHeldStats(this.metrics, msg.held);
+    if (msg.cache) {
+      this.metrics.verdictCacheMisses.inc(msg.cache.misses);
+      this.metrics.verdictCacheInvalidations.inc(msg.cache.invalidations);
+      this.metrics.verdictCacheInvalidationFailures.inc(msg.cache.failures);
+    }
     for (const w of msg.warnings) this.log.warn(w);
     try {
       this.records.write(msg.records, msg.heldBack);
@@ -178,6 +191,15 @@ export class VerdictLoop {
   setLocalAddresses(ips: string[]): void {
     if (this.stopping) return;
     this.worker.postMessage({ type: "local-addresses", ips } satisfies ToWorker);
+  }
+
+  /**
+   * Resolves once the worker applied every event posted so far and emptied the verdict cache
+   * after them (only with the cache on; tests and the bench use it to know a change is in force).
+   */
+  cacheCurrent(): Promise<void> {
+    if (this.cacheCurrentSeq >= this.seq) return Promise.resolve();
+    return new Promise((resolve) => this.cacheWaiters.push(resolve));
   }
 
   /** The state is complete: start judging (packets waited in the kernel queue until now). */

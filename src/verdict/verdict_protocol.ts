@@ -10,6 +10,8 @@ import type { PacketStatsSnapshot } from "./verdict_stats.ts";
 import type { SystemStats } from "./system_stats.ts";
 import type { HeldStatsSnapshot } from "./held_verdicts.ts";
 import type { StrictReport } from "./strict_cuts.ts";
+import type { FlushTarget } from "../netlink/set_flush.ts";
+import type { CacheCounts } from "./verdict_cache.ts";
 
 export interface VerdictLoopOptions {
   queueId: number;
@@ -42,6 +44,22 @@ export interface VerdictLoopOptions {
    * Absent: strict mode off.
    */
   strictCutMark?: number;
+  /** The kernel verdict cache (verdict_cache.ts); absent: off. */
+  verdictCache?: WorkerCacheOptions;
+  /**
+   * Before blocking in recv, poll without blocking for this long (microseconds) while traffic
+   * flows, so packets need no thread wake-up; 0 (default) blocks at once.
+   */
+  busyPollMicros?: number;
+}
+
+export interface WorkerCacheOptions {
+  /** Mark bit for verdicts the kernel may remember (src/verdict/marks.ts). */
+  mark: number;
+  /** Denies are remembered too (the rules have deny sets). */
+  denies: boolean;
+  /** The sets the worker empties after every state change. */
+  target: FlushTarget;
 }
 
 /**
@@ -127,7 +145,14 @@ export type FromWorker =
     warnings: string[];
     /** Held packets (pod-start race), in periodic reports when there is anything to say. */
     held?: HeldStatsSnapshot;
+    /** Verdict cache counts since the last report (absent: nothing to count). */
+    cache?: CacheCounts;
   }
+  /**
+   * Every state event up to `seq` is applied and the verdict cache holds nothing judged before
+   * it (sent after each flush; tests and the bench wait for it).
+   */
+  | { type: "cache-current"; seq: number }
   /** The worker's /proc readings (queue counters, process metrics), every few seconds. */
   | { type: "system"; stats: SystemStats }
   /** Strict mode: connections cut and un-cut since the last one (strict_cuts.ts). */

@@ -9,7 +9,9 @@
  * thread has posted but this replica has not applied make it yield to its event loop until they
  * have arrived (so a policy change is enforced within one turn, busy or idle), a stop request ends
  * the loop. It does not read the queue before the main thread says the state is synced: packets
- * wait in the kernel queue rather than be judged against a half-known cluster.
+ * wait in the kernel queue rather than be judged against a half-known cluster. With the kernel
+ * verdict cache on, a turn after applied state changes starts by emptying the cache sets, so no
+ * verdict of the old state is served once the new one is in force (verdict_cache.ts).
  */
 /// <reference lib="deno.worker" />
 import { NfQueue, RECV_OVERRUN } from "../../ffi/queue.ts";
@@ -51,6 +53,9 @@ import {
 } from "./held_verdicts.ts";
 import type { PacketVerdict } from "./packet_judge.ts";
 import { openStrictMode, type StrictMode } from "./strict_worker.ts";
+import { releaseMemory } from "../release_memory.ts";
+import { NETLINK_NETFILTER, NetlinkSocket } from "../../ffi/netlink_socket.ts";
+import { CacheFlusher, WorkerCache } from "./verdict_cache.ts";
 
 const REPORT_EVERY_MS = 250;
 /** Records are latency-sensitive (deny logs): sent sooner than statistics. */
@@ -60,6 +65,8 @@ const RECORDS_EVERY_MS = 50;
  * see catchUp). Rarely, because a yield is a pause every packet waiting in the queue pays for.
  */
 const YIELD_EVERY_MS = 1000;
+/** The heartbeat (/healthz reads it, with a 10 s limit) is refreshed this often at most. */
+const HEARTBEAT_EVERY_MS = 100;
 /**
  * Buffer for one datagram: the kernel sends one netlink message per queued packet, holding up to
  * the copy range (the whole packet, at most 65531 bytes) plus metadata attributes (packet header,
@@ -69,6 +76,10 @@ const YIELD_EVERY_MS = 1000;
  * hundred bytes are normally touched.
  */
 const RECV_BUFFER_BYTES = 0x10000 + 4096;
+/** Busy polling (VerdictLoopOptions.busyPollMicros) only within this long after a packet. */
+const BUSY_POLL_AFTER_MS = 10;
+/** Longest wait for the kernel's answer to a cache flush (it normally comes inside the send). */
+const CACHE_FLUSH_WAIT_MS = 50;
 
 function post(msg: FromWorker): void {
   self.postMessage(msg);
@@ -79,7 +90,8 @@ let heartbeat: Float64Array;
 /** /proc readings for the main thread, which cannot make them (it holds no FFI). */
 let systemStats: SystemStatsReader | undefined;
 let initialized = false;
-const engine = new PolicyEngine();
+/** Replaced at init by one scoped to this node (it judges this node's pods only). */
+let engine = new PolicyEngine();
 let applied = 0;
 /** Strict mode (strict_cuts.ts): set at init when enabled and the conntrack socket opened. */
 let strict: StrictMode | undefined;
@@ -89,6 +101,8 @@ let caughtUp: (() => void) | undefined;
 let localPods: LocalPodAddresses | undefined;
 /** Bumped when the interface addresses change: held packets are looked at again. */
 let localAddressesVersion = 0;
+/** The kernel verdict cache's worker side (verdict_cache.ts); undefined when it is off. */
+let cache: WorkerCache | undefined;
 
 self.onmessage = (e: MessageEvent<ToWorker>) => {
   const msg = e.data;
@@ -96,6 +110,7 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
     // One queue per worker: a second init (from a confused or compromised main thread) is ignored.
     if (initialized) return;
     initialized = true;
+    engine = new PolicyEngine({ node: msg.opts.nodeName });
     control = new Int32Array(msg.control, 0, 4);
     heartbeat = new Float64Array(msg.control, HEARTBEAT_BYTE_OFFSET, 1);
     try {
@@ -110,7 +125,11 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
     return;
   }
   if (msg.type === "local-addresses") {
-    if (localPods?.setInterfaceAddresses(msg.ips)) localAddressesVersion++;
+    if (localPods?.setInterfaceAddresses(msg.ips)) {
+      localAddressesVersion++;
+      // Which addresses are unknown pods changed: a remembered verdict may now skip a hold.
+      cache?.stateChanged();
+    }
     return;
   }
   if (msg.seq !== applied + 1) {
@@ -119,6 +138,7 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
   }
   applyOne(msg.event);
   applied = msg.seq;
+  cache?.stateChanged();
   // End of a burst of changes: build the rule tables now, not on the next packet's path.
   if (applied >= Atomics.load(control, SLOT_POSTED_SEQ)) {
     engine.prepare();
@@ -173,11 +193,27 @@ async function run(opts: VerdictLoopOptions): Promise<void> {
     recvTimeoutMs: opts.recvTimeoutMs ?? 5,
   });
   systemStats = new SystemStatsReader(opts.queueId, (stats) => post({ type: "system", stats }));
+  let cacheSocket: NetlinkSocket | undefined;
   try {
+    if (opts.verdictCache) {
+      // Answers are a few acknowledgements: a small receive buffer is plenty.
+      cacheSocket = NetlinkSocket.open(NETLINK_NETFILTER, {
+        recvTimeoutMs: CACHE_FLUSH_WAIT_MS,
+        receiveBufferBytes: 64 * 1024,
+      });
+      cache = new WorkerCache(new CacheFlusher(opts.verdictCache.target, cacheSocket));
+    }
     post({ type: "ready" });
     await loop(queue, opts);
+    // Nothing judges any more: what the kernel remembers must not outlive the agent (with
+    // --fail-open=false the rules stay, and new connections must then fail as promised).
+    const emptied = cache?.empty();
+    if (emptied && !emptied.ok) {
+      post({ type: "warning", message: `emptying the verdict cache at stop: ${emptied.error}` });
+    }
   } finally {
     queue.close();
+    cacheSocket?.close();
   }
   post({ type: "closed" });
 }
@@ -190,18 +226,32 @@ async function loop(queue: NfQueue, opts: VerdictLoopOptions): Promise<void> {
   });
   const turns = new VerdictTurns(queue, new PacketJudge(engine, opts, stats), stats, gate, opts);
   let lastYield = performance.now();
+  let lastBeat = -Infinity;
+  let releasedAfterSync = false;
   while (Atomics.load(control, SLOT_STOP) === 0) {
-    heartbeat[0] = Date.now();
-    systemStats?.poll(performance.now(), turns.received);
+    // One clock reading per turn serves the heartbeat, the /proc poll and the cache (each clock
+    // read costs about 0.1 us here: a busy loop turns for every packet).
+    let now = performance.now();
+    if (now - lastBeat >= HEARTBEAT_EVERY_MS) {
+      lastBeat = now;
+      heartbeat[0] = Date.now();
+    }
+    systemStats?.poll(now, turns.received);
     if (Atomics.load(control, SLOT_POSTED_SEQ) !== applied) await catchUp();
     if (Atomics.load(control, SLOT_SYNCED) === 0) {
       await sleep(5);
       continue;
     }
+    if (!releasedAfterSync) {
+      // The initial state is applied: hand back what its messages left (before any judging).
+      releasedAfterSync = true;
+      releaseMemory();
+    }
+    if (cache) turns.keepCacheCurrent(cache, now, applied);
     turns.drain();
-    turns.releaseHeld(performance.now());
+    turns.releaseHeld();
     turns.send();
-    const now = performance.now();
+    now = performance.now();
     turns.report(now);
     // Between turns: strict mode re-judges the connections a change touched (time-bounded).
     strict?.turn(now);
@@ -243,6 +293,11 @@ class VerdictTurns implements NetlinkSink {
   private readonly releaseLog = new RateLimiter(1, 5);
   /** Engine generation and interface addresses last looked at for held packets. */
   private heldSeen = { generation: -1, addresses: -1 };
+  private readonly cacheMark: number;
+  private readonly cacheDenies: boolean;
+  private readonly busyPollMs: number;
+  /** performance.now() when a packet last arrived (busy polling only follows traffic). */
+  private lastPacketAt = -Infinity;
 
   constructor(
     private readonly queue: NfQueue,
@@ -258,13 +313,36 @@ class VerdictTurns implements NetlinkSink {
       const local = localPods;
       this.held = new HeldVerdicts(opts.unknownPodTimeoutMs, maxHeldFor(opts.queueMaxLen));
       judge.unknownEndpoint = (ip) => local.isUnknown(ip);
+      judge.unknownVersion = () => localAddressesVersion;
+    }
+    this.busyPollMs = (opts.busyPollMicros ?? 0) / 1000;
+    this.cacheMark = opts.verdictCache?.mark ?? 0;
+    this.cacheDenies = opts.verdictCache?.denies ?? false;
+  }
+
+  /**
+   * Before a turn: empty the verdict cache if the state changed (so nothing judged before the
+   * change is served after it), and mark verdicts for caching only while the cache is current.
+   */
+  keepCacheCurrent(c: WorkerCache, now: number, appliedSeq: number): void {
+    if (c.beforeJudging(now)) post({ type: "cache-current", seq: appliedSeq });
+    const usable = c.usable;
+    this.judge.setCacheMarks(
+      usable ? this.cacheMark : 0,
+      usable && this.cacheDenies ? this.cacheMark : 0,
+    );
+    const failure = c.takeFailure();
+    if (failure) {
+      this.warn(
+        `emptying the verdict cache failed; nothing is cached until it works again: ${failure}`,
+      );
     }
   }
 
   /** Read what the kernel queued (waiting for the first datagram), judging each packet. */
   drain(): void {
     const { queue, buf, maxBatch } = this;
-    let n = queue.recv(buf);
+    let n = this.busyPollMs > 0 ? this.poll() : queue.recv(buf);
     let got = 0;
     while (n > 0) {
       this.started = performance.now();
@@ -277,6 +355,29 @@ class VerdictTurns implements NetlinkSink {
       if (got === 1) this.drainPays = n > 0;
     }
     if (n === RECV_OVERRUN) this.overruns++;
+  }
+
+  /**
+   * Non-blocking reads for up to busyPollMs before the blocking one: a packet arriving meanwhile
+   * is taken without the wake-up of a sleeping thread. Only while packets came recently (within
+   * BUSY_POLL_AFTER_MS): an idle loop blocks at once and costs no CPU.
+   */
+  private poll(): number {
+    const { queue, buf } = this;
+    const start = performance.now();
+    if (start - this.lastPacketAt < BUSY_POLL_AFTER_MS) {
+      const until = start + this.busyPollMs;
+      do {
+        const n = queue.recv(buf, true);
+        if (n !== 0) return this.got(n);
+      } while (performance.now() < until);
+    }
+    return this.got(queue.recv(buf));
+  }
+
+  private got(n: number): number {
+    if (n > 0) this.lastPacketAt = performance.now();
+    return n;
   }
 
   /** Answer every packet of this turn with one send(). */
@@ -318,9 +419,10 @@ class VerdictTurns implements NetlinkSink {
     const heldBack = periodic ? this.gate.takeHeldBack() : NOTHING_HELD_BACK;
     const stats = this.stats;
     const held = periodic && this.held?.hasStats ? this.held.snapshot() : undefined;
+    const cacheCounts = periodic ? cache?.drain() : undefined;
     if (
       stats.isEmpty && !this.records.length && !this.warnings.length &&
-      !heldBack.denies && !heldBack.allows && !held
+      !heldBack.denies && !heldBack.allows && !held && !cacheCounts
     ) return;
     post({
       type: "report",
@@ -329,6 +431,7 @@ class VerdictTurns implements NetlinkSink {
       heldBack,
       warnings: this.warnings,
       ...(held ? { held } : {}),
+      ...(cacheCounts ? { cache: cacheCounts } : {}),
     });
     this.records = [];
     this.warnings = [];
@@ -342,6 +445,7 @@ class VerdictTurns implements NetlinkSink {
 
   packet(p: QueuedPacket): void {
     this.received++;
+    cache?.miss();
     const v = this.judge.judge(p.payload, p.mark, p.hwProtocol, this.started);
     if (v.held) return this.hold(p);
     this.answer(p.id, v);
@@ -368,23 +472,37 @@ class VerdictTurns implements NetlinkSink {
   private hold(p: QueuedPacket): void {
     const packet = this.judge.heldPacket;
     if (!this.held || !packet) return; // cannot happen: held only when holding is on
-    const overflow = this.held.hold({ id: p.id, mark: p.mark, packet, since: this.started });
+    const overflow = this.held.hold({
+      id: p.id,
+      mark: p.mark,
+      packet,
+      since: this.started,
+      cacheable: this.judge.heldPacketCacheable,
+    });
     if (overflow) this.release(overflow, "overflow", this.started);
   }
 
   /**
    * Judge the held packets whose pods are known now (after state changed), release those held
-   * too long by the --fail-open rule. Called every turn, after the turn's packets were read.
+   * too long by the --fail-open rule. Called every turn, after the turn's packets were read and
+   * in the same synchronous stretch as the turn's keepCacheCurrent: a held packet is judged with
+   * the state it is released in, and may carry the cache mark only if the cache was emptied
+   * after that state's last change (PacketJudge checks the generation too). Released unjudged,
+   * it never carries one.
    */
-  releaseHeld(now: number): void {
+  releaseHeld(): void {
     const held = this.held;
     if (!held || held.size === 0) return;
+    const now = performance.now();
     const seen = this.heldSeen;
     if (seen.generation !== engine.generation || seen.addresses !== localAddressesVersion) {
       seen.generation = engine.generation;
       seen.addresses = localAddressesVersion;
       for (const h of held.takeKnown(this.judge.unknownEndpoint!, now)) {
-        this.answer(h.id, this.judge.judgeParsed(h.packet, h.mark, performance.now()));
+        this.answer(
+          h.id,
+          this.judge.judgeParsed(h.packet, h.mark, performance.now(), h.cacheable ?? false),
+        );
       }
     }
     for (const h of held.takeExpired(now)) this.release(h, "timeout", now);
