@@ -125,6 +125,8 @@ if (want("rss")) {
       "",
     );
     targets.push([
+      // 150 MB was reachable only without @kubernetes/client-node and prom-client, which the
+      // design card keeps (docs/performance.md, "Memory").
       "whole agent RSS at 10k pods / 5k policies <= 150 MB (settled)",
       `${med((r) => r.rssSettledMB).toFixed(0)} MB`,
     ]);

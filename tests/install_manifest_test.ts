@@ -58,10 +58,14 @@ function mebibytes(q: string): number {
 
 Deno.test("install.yaml: memory covers what docs/sizing.md measured at 10k pods, with headroom", () => {
   const [c] = byKind("DaemonSet")[0].spec.template.spec.containers;
-  // docs/sizing.md: ~135 MB settled and up to ~190 MB while the initial lists are applied (10,000
-  // pods, 5,000 policies); ~250 MB at the peak at 20,000 pods.
-  assert.ok(mebibytes(c.resources.requests.memory) >= 140, "request below the settled RSS");
-  assert.ok(mebibytes(c.resources.limits.memory) >= 300, "limit without room over the peaks");
+  // docs/sizing.md, with client-node and prom-client kept: up to 297 MB settled and up to 315 MB
+  // while the initial lists are applied (10,000 pods, 5,000 policies); up to 389 MB at the peak
+  // at 20,000 pods.
+  assert.ok(mebibytes(c.resources.requests.memory) >= 300, "request below the settled RSS");
+  assert.ok(
+    mebibytes(c.resources.limits.memory) >= 1.25 * 389,
+    "limit without room over the peaks",
+  );
   assert.ok(
     mebibytes(c.resources.limits.memory) >= 1.5 * mebibytes(c.resources.requests.memory),
     "a relist (after an API outage) goes through the peak again",
