@@ -256,6 +256,25 @@ Deno.test("run flags: the cache is on by default, bounded, and can be turned off
     () => parseRunFlags(["--hostname-override", "n", "--verdict-cache-mark", "0x100000"]),
     /overlaps the deny mark/,
   );
+  // Strict mode's ct mark bit stays apart from the cache's packet mark bit (a CNI restoring ct
+  // marks into packet marks would otherwise make a cut connection's packets skip the queue).
+  assert.throws(
+    () => parseRunFlags(["--hostname-override", "n", "--verdict-cache-mark", "0x400000"]),
+    /overlaps the cut mark/,
+  );
+  assert.throws(
+    () => parseRunFlags(["--hostname-override", "n", "--cut-mark", "0x200000"]),
+    /overlaps the cut mark/,
+  );
+  const strictOff = parseRunFlags([
+    "--hostname-override",
+    "n",
+    "--strict-mode=false",
+    "--verdict-cache-mark",
+    "0x400000",
+  ]);
+  assert.ok(strictOff !== "help");
+  assert.equal(strictOff.verdictCache?.mark, 0x400000, "no cut mark without strict mode");
 });
 
 Deno.test("judge memo: a key judged in this generation is not evaluated again; a change forgets it", () => {
