@@ -4,6 +4,7 @@
  * caller encodes and decodes the messages (src/netlink/conntrack.ts).
  */
 import { check, Errno, FfiError, hintFor, type Libraries, loadLibraries } from "./library.ts";
+import { OptionScratch, setReceiveBuffer, setReceiveTimeout } from "./socket_options.ts";
 
 const AF_NETLINK = 16;
 const SOCK_RAW = 3;
@@ -11,10 +12,6 @@ const SOCK_CLOEXEC = 0o2000000;
 /** Netlink protocol of nfnetlink (conntrack, queue, log...). */
 export const NETLINK_NETFILTER = 12;
 
-const SOL_SOCKET = 1;
-const SO_RCVBUF = 8;
-const SO_RCVTIMEO = 20;
-const SO_RCVBUFFORCE = 33;
 const MSG_DONTWAIT = 0x40;
 /** struct sockaddr_nl: u16 nl_family, u16 pad, u32 nl_pid (0: the kernel picks), u32 nl_groups. */
 const SOCKADDR_NL_LEN = 12;
@@ -31,7 +28,7 @@ export const NETLINK_RECV_TIMEOUT = 0;
 
 export class NetlinkSocket {
   private closed = false;
-  private readonly optInt = new Int32Array(1);
+  private readonly options = new OptionScratch();
 
   private constructor(private readonly libs: Libraries, readonly fd: number) {}
 
@@ -45,41 +42,13 @@ export class NetlinkSocket {
       const addr = new Uint8Array(SOCKADDR_NL_LEN);
       new DataView(addr.buffer).setUint16(0, AF_NETLINK, true);
       check(libs, libs.libc.bind(fd, addr, SOCKADDR_NL_LEN) === 0, "bind netlink socket");
-      const rcvbuf = opts.receiveBufferBytes ?? 1 << 20;
-      if (!s.trySetInt(SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)) {
-        check(libs, s.trySetInt(SOL_SOCKET, SO_RCVBUF, rcvbuf), "setsockopt SO_RCVBUF");
-      }
-      s.setRecvTimeout(opts.recvTimeoutMs ?? 1000);
+      setReceiveBuffer(libs, fd, s.options, opts.receiveBufferBytes ?? 1 << 20);
+      setReceiveTimeout(libs, fd, s.options, opts.recvTimeoutMs ?? 1000);
       return s;
     } catch (e) {
       s.close();
       throw e;
     }
-  }
-
-  private trySetInt(level: number, name: number, value: number): boolean {
-    this.optInt[0] = value;
-    return this.libs.libc.setsockopt(
-      this.fd,
-      level,
-      name,
-      new Uint8Array(this.optInt.buffer),
-      4,
-    ) ===
-      0;
-  }
-
-  private setRecvTimeout(ms: number): void {
-    const t = Math.max(1, Math.round(ms * 1000));
-    const timeval = new BigInt64Array([BigInt(Math.floor(t / 1e6)), BigInt(t % 1e6)]);
-    const ok = this.libs.libc.setsockopt(
-      this.fd,
-      SOL_SOCKET,
-      SO_RCVTIMEO,
-      new Uint8Array(timeval.buffer),
-      16,
-    ) === 0;
-    check(this.libs, ok, "setsockopt SO_RCVTIMEO");
   }
 
   /** Sends `bytes[0, len)` as one datagram; throws FfiError on failure. */

@@ -6,16 +6,18 @@
  * options through libc setsockopt on the queue's netlink socket.
  */
 import { check, Errno, FfiError, hintFor, type Libraries, loadLibraries } from "./library.ts";
+import {
+  OptionScratch,
+  setReceiveBuffer,
+  setReceiveTimeout,
+  trySetIntOption,
+} from "./socket_options.ts";
 
 /** nfq_set_mode: copy (a prefix of) the packet to user space (linux/netfilter/nfnetlink_queue.h). */
 const NFQNL_COPY_PACKET = 2;
 /** NFQA_CFG_FLAGS bit: accept instead of drop when the queue is full. */
 const NFQA_CFG_F_FAIL_OPEN = 1 << 0;
 
-const SOL_SOCKET = 1;
-const SO_RCVBUF = 8;
-const SO_RCVTIMEO = 20;
-const SO_RCVBUFFORCE = 33;
 const SOL_NETLINK = 270;
 const NETLINK_NO_ENOBUFS = 5;
 const MSG_DONTWAIT = 0x40;
@@ -41,8 +43,7 @@ export const RECV_OVERRUN = -1;
 
 export class NfQueue {
   private closed = false;
-  private readonly timeval = new BigInt64Array(2);
-  private readonly optInt = new Int32Array(1);
+  private readonly options = new OptionScratch();
   private recvBuf?: Uint8Array;
   private recvLen = 0n;
 
@@ -75,11 +76,12 @@ export class NfQueue {
         const errno = libs.errno();
         if (errno !== Errno.EOPNOTSUPP) throw new FfiError("nfq_set_queue_flags", errno);
       }
-      q.setInt(SOL_NETLINK, NETLINK_NO_ENOBUFS, 1, "NETLINK_NO_ENOBUFS");
-      const rcvbuf = cfg.receiveBufferBytes ?? 8 << 20;
-      if (!q.trySetInt(SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)) {
-        q.setInt(SOL_SOCKET, SO_RCVBUF, rcvbuf, "SO_RCVBUF");
-      }
+      check(
+        libs,
+        trySetIntOption(libs, q.fd, q.options, SOL_NETLINK, NETLINK_NO_ENOBUFS, 1),
+        "setsockopt NETLINK_NO_ENOBUFS",
+      );
+      setReceiveBuffer(libs, q.fd, q.options, cfg.receiveBufferBytes ?? 8 << 20);
       q.setRecvTimeout(cfg.recvTimeoutMs ?? 20);
       return q;
     } catch (e) {
@@ -88,35 +90,8 @@ export class NfQueue {
     }
   }
 
-  private trySetInt(level: number, name: number, value: number): boolean {
-    this.optInt[0] = value;
-    return this.libs.libc.setsockopt(
-      this.fd,
-      level,
-      name,
-      new Uint8Array(this.optInt.buffer),
-      4,
-    ) ===
-      0;
-  }
-
-  private setInt(level: number, name: number, value: number, what: string): void {
-    check(this.libs, this.trySetInt(level, name, value), `setsockopt ${what}`);
-  }
-
-  /** Upper bound for a blocking `recv`; 0 would mean forever, so at least 1 ms. */
   setRecvTimeout(ms: number): void {
-    const t = Math.max(1, Math.round(ms * 1000));
-    this.timeval[0] = BigInt(Math.floor(t / 1e6));
-    this.timeval[1] = BigInt(t % 1e6);
-    const ok = this.libs.libc.setsockopt(
-      this.fd,
-      SOL_SOCKET,
-      SO_RCVTIMEO,
-      new Uint8Array(this.timeval.buffer),
-      16,
-    ) === 0;
-    check(this.libs, ok, "setsockopt SO_RCVTIMEO");
+    setReceiveTimeout(this.libs, this.fd, this.options, ms);
   }
 
   /**

@@ -263,6 +263,21 @@ export class LabCaseRunner {
     });
   }
 
+  /**
+   * Runs one case as a test: throws with the case, its cell diffs and the agents' logs unless
+   * every cell matched. Probes that needed a second try are printed even on a pass: they say how
+   * busy the machine was.
+   */
+  async runExpectingPass(c: ConnectivityCase): Promise<void> {
+    const o = await this.run(c);
+    const retried = o.retried.map((r) => `probed again: ${r}`);
+    for (const r of retried) console.log(r);
+    if (o.status === "pass") return;
+    throw new Error(
+      [`${c.file}: ${c.description}`, ...retried, ...o.diffs, this.agentLogs()].join("\n"),
+    );
+  }
+
   async run(c: ConnectivityCase): Promise<CaseOutcome> {
     const start = Date.now();
     const skipped: string[] = [];

@@ -408,16 +408,7 @@ for (const c of cases) {
     ignore: !root || (subsetOnly && !SUBSET.includes(c.name)),
     fn: async () => {
       assert.ok(runner, "the lab did not start");
-      const o = await runner.run(c);
-      // Shown even on a pass: a cell that needed a second probe says how busy the machine was.
-      for (const r of o.retried) console.log(`probed again: ${r}`);
-      assert.equal(
-        o.status,
-        "pass",
-        `${c.file}: ${c.description}\n${o.retried.map((r) => `probed again: ${r}\n`).join("")}${
-          o.diffs.join("\n")
-        }\n${runner.agentLogs()}`,
-      );
+      await runner.runExpectingPass(c);
     },
   });
 }
@@ -447,15 +438,7 @@ for (const c of tierCases) {
     ...shared,
     fn: async () => {
       assert.ok(runner, "the lab did not start");
-      const o = await runner.run(c);
-      for (const r of o.retried) console.log(`probed again: ${r}`);
-      assert.equal(
-        o.status,
-        "pass",
-        `${c.file}: ${c.description}\n${o.retried.map((r) => `probed again: ${r}\n`).join("")}${
-          o.diffs.join("\n")
-        }\n${runner.agentLogs()}`,
-      );
+      await runner.runExpectingPass(c);
     },
   });
 }

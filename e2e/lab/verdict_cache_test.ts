@@ -14,7 +14,7 @@ import { labTest } from "./harness.ts";
 import { startServers } from "./servers.ts";
 import { probeFrom, type ProbeResult } from "./probe.ts";
 import { flushQueueRules, productRules, VlAgent } from "./vl_driver.ts";
-import type { NetworkPolicy, Pod } from "../../src/policy/types.ts";
+import { serverPolicy, upsertPolicy, VL_PODS as PODS, vlPodObject } from "./vl_fixture.ts";
 import type { StateEvent } from "../../src/state/events.ts";
 import type { IptablesBackend } from "../../src/rules/iptables.ts";
 import type { CacheHits } from "../../src/rules/verdict_cache_rules.ts";
@@ -24,38 +24,6 @@ const NODE = "vc-node";
 const QUEUE = 4343;
 const DENY_MARK = 0x100000;
 const CACHE = { mark: 0x200000, timeoutSeconds: 60, maxEntries: 1000, denies: true };
-
-const PODS = [
-  { namespace: "x", name: "client", ip: "10.244.1.11", labels: { app: "client" } },
-  { namespace: "x", name: "server", ip: "10.244.1.12", labels: { app: "server" } },
-  { namespace: "x", name: "other", ip: "10.244.1.13", labels: { app: "other" } },
-];
-
-function podObject(p: (typeof PODS)[number], ip6: string): Pod {
-  return {
-    metadata: { namespace: p.namespace, name: p.name, labels: p.labels },
-    spec: { nodeName: NODE },
-    status: { phase: "Running", podIP: p.ip, podIPs: [{ ip: p.ip }, { ip: ip6 }] },
-  };
-}
-
-/** Ingress to app=server on TCP/UDP 80 only from the given apps. */
-function serverPolicy(fromApps: string[]): StateEvent {
-  const np: NetworkPolicy = {
-    metadata: { namespace: "x", name: "server-ingress" },
-    spec: {
-      podSelector: { matchLabels: { app: "server" } },
-      policyTypes: ["Ingress"],
-      ingress: [{
-        from: [{
-          podSelector: { matchExpressions: [{ key: "app", operator: "In", values: fromApps }] },
-        }],
-        ports: [{ protocol: "TCP", port: 80 }, { protocol: "UDP", port: 80 }],
-      }],
-    },
-  };
-  return { op: "upsert", kind: "NetworkPolicy", object: np };
-}
 
 async function probe1(
   lab: Lab,
@@ -122,9 +90,9 @@ Deno.test({
       ...PODS.map((p): StateEvent => ({
         op: "upsert",
         kind: "Pod",
-        object: podObject(p, lab.pods.find((lp) => lp.name === p.name)!.ip6!),
+        object: vlPodObject(NODE, p, lab.pods.find((lp) => lp.name === p.name)!.ip6!),
       })),
-      serverPolicy(["client"]),
+      upsertPolicy(serverPolicy(["client"])),
     ]);
     await agent.markSynced();
     await agent.apply([], { current: true });
@@ -172,7 +140,7 @@ Deno.test({
     await t.step("a cached allow flips to deny on the next connection, and back", async () => {
       for (let round = 0; round < 4; round++) {
         // Deny the client: its cached allow must not outlive the change.
-        await a.apply([serverPolicy(["other"])], { current: true });
+        await a.apply([upsertPolicy(serverPolicy(["other"]))], { current: true });
         for (let i = 0; i < 2; i++) {
           const r = await probe1(lab, "x/client");
           assert.equal(
@@ -184,7 +152,7 @@ Deno.test({
           assert.equal(o.outcome, "connected", `round ${round}, other ${i}: ${JSON.stringify(o)}`);
         }
         // Allow it again: the cached deny must not outlive this change either.
-        await a.apply([serverPolicy(["client"])], { current: true });
+        await a.apply([upsertPolicy(serverPolicy(["client"]))], { current: true });
         for (let i = 0; i < 2; i++) {
           const r = await probe1(lab, "x/client");
           assert.equal(r.outcome, "connected", `round ${round}, back ${i}: ${JSON.stringify(r)}`);
@@ -200,10 +168,18 @@ Deno.test({
 
     await t.step("a pod label change (not only a policy change) empties the cache", async () => {
       assert.equal((await probe1(lab, "x/client")).outcome, "connected");
-      const relabelled = podObject({ ...PODS[0]!, labels: { app: "stranger" } }, client.ip6!);
+      const relabelled = vlPodObject(
+        NODE,
+        { ...PODS[0]!, labels: { app: "stranger" } },
+        client.ip6!,
+      );
       await a.apply([{ op: "upsert", kind: "Pod", object: relabelled }], { current: true });
       assert.equal((await probe1(lab, "x/client")).outcome, "refused");
-      await a.apply([{ op: "upsert", kind: "Pod", object: podObject(PODS[0]!, client.ip6!) }], {
+      await a.apply([{
+        op: "upsert",
+        kind: "Pod",
+        object: vlPodObject(NODE, PODS[0]!, client.ip6!),
+      }], {
         current: true,
       });
       assert.equal((await probe1(lab, "x/client")).outcome, "connected");

@@ -11,50 +11,13 @@ import { startServers } from "./servers.ts";
 import { probeFrom, type ProbeResult } from "./probe.ts";
 import { installQueueRules, VlAgent } from "./vl_driver.ts";
 import { craft } from "./attacker.ts";
-import type { NetworkPolicy, Pod } from "../../src/policy/types.ts";
+import { serverPolicy, upsertPolicy, VL_PODS as PODS, vlPodObject } from "./vl_fixture.ts";
 import type { StateEvent } from "../../src/state/events.ts";
 
 const PREFIX = "knpvl";
 const NODE = "vl-node";
 const QUEUE = 4242;
 const MARK = 0x100000;
-
-const PODS = [
-  { namespace: "x", name: "client", ip: "10.244.1.11", labels: { app: "client" } },
-  { namespace: "x", name: "server", ip: "10.244.1.12", labels: { app: "server" } },
-  { namespace: "x", name: "other", ip: "10.244.1.13", labels: { app: "other" } },
-];
-
-function podObject(p: (typeof PODS)[number], ip6: string): Pod {
-  return {
-    metadata: { namespace: p.namespace, name: p.name, labels: p.labels },
-    spec: { nodeName: NODE },
-    status: { phase: "Running", podIP: p.ip, podIPs: [{ ip: p.ip }, { ip: ip6 }] },
-  };
-}
-
-/** Ingress to app=server on TCP/UDP 80 only from the given apps. */
-function serverPolicy(fromApps: string[]): NetworkPolicy {
-  return {
-    metadata: { namespace: "x", name: "server-ingress" },
-    spec: {
-      podSelector: { matchLabels: { app: "server" } },
-      policyTypes: ["Ingress"],
-      ingress: [{
-        from: [{
-          podSelector: { matchExpressions: [{ key: "app", operator: "In", values: fromApps }] },
-        }],
-        ports: [{ protocol: "TCP", port: 80 }, { protocol: "UDP", port: 80 }],
-      }],
-    },
-  };
-}
-
-const upsertPolicy = (np: NetworkPolicy): StateEvent => ({
-  op: "upsert",
-  kind: "NetworkPolicy",
-  object: np,
-});
 
 async function probe1(lab: Lab, from: string, to: string, protocol: "TCP" | "UDP", port: number) {
   const [r] = await probeFrom(lab, lab.pod(from).netns, [
@@ -90,7 +53,7 @@ Deno.test({
       ...PODS.map((p): StateEvent => ({
         op: "upsert",
         kind: "Pod",
-        object: podObject(p, lab.pods.find((lp) => lp.name === p.name)!.ip6!),
+        object: vlPodObject(NODE, p, lab.pods.find((lp) => lp.name === p.name)!.ip6!),
       })),
       upsertPolicy(serverPolicy(["client"])),
     ]);
@@ -216,7 +179,7 @@ Deno.test({
       ...PODS.slice(0, 2).map((p): StateEvent => ({
         op: "upsert",
         kind: "Pod",
-        object: podObject(p, lab.pods.find((lp) => lp.name === p.name)!.ip6!),
+        object: vlPodObject(NODE, p, lab.pods.find((lp) => lp.name === p.name)!.ip6!),
       })),
       upsertPolicy(serverPolicy(["client"])),
     ]);
