@@ -77,11 +77,6 @@ export interface RuleBackend {
   check(synced: QueuedIPs | undefined): Promise<DataplaneStatus>;
 }
 
-/** Marks are 32-bit; rendered the way iptables-save prints them (`0x100000`). */
-export function hex(n: number): string {
-  return "0x" + (n >>> 0).toString(16);
-}
-
 /** Reject options that would render invalid rules, before anything reaches the kernel. */
 export function validateRuleOptions(opts: RuleOptions): void {
   if (!Number.isInteger(opts.queueId) || opts.queueId < 0 || opts.queueId > 65535) {

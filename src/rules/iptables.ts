@@ -5,9 +5,9 @@
  * at the top of INPUT and FORWARD; members live in ipsets (ipset.ts).
  */
 import type { Logger } from "../log.ts";
+import { hex } from "./hex.ts";
 import {
   type DataplaneStatus,
-  hex,
   type QueuedIPs,
   type RuleBackend,
   type RuleOptions,

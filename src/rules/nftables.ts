@@ -8,10 +8,10 @@
  * on kernels that mix in iptables-nft, listed xt rules do not parse back to what they were.
  */
 import type { Logger } from "../log.ts";
+import { hex } from "./hex.ts";
 import {
   type Damage,
   type DataplaneStatus,
-  hex,
   type QueuedIPs,
   type RuleBackend,
   type RuleOptions,

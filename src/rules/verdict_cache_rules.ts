@@ -14,7 +14,7 @@
  * protocol:destination port, destination IP), or nft sets keyed
  * `saddr . l4proto . th dport . daddr` in our table.
  */
-import { hex, type RuleOptions } from "./backend.ts";
+import { hex } from "./hex.ts";
 import type { IPFamily } from "../net/ip.ts";
 
 /** Default entry lifetime (`--verdict-cache-timeout`): also the deny log's window per key. */
@@ -33,6 +33,17 @@ export interface VerdictCacheRuleOptions {
   maxEntries: number;
   /** Remember denies too (refused in the kernel; the deny log then logs each key once per window). */
   denies: boolean;
+}
+
+/**
+ * What the cache rules read of the backends' options (a structural slice of RuleOptions, so this
+ * module does not import the backend interface that validates through it).
+ */
+export interface CacheMarkOptions {
+  /** The deny mark bit(s) (RuleOptions.denyMark). */
+  denyMark: number;
+  /** The cache, when on (RuleOptions.verdictCache). */
+  verdictCache?: VerdictCacheRuleOptions;
 }
 
 export type CacheVerdict = "allow" | "deny";
@@ -110,7 +121,7 @@ export function validateCacheOptions(
 }
 
 /** The bits a verdict may carry back: a packet with any of them set is never queued again. */
-export function verdictMarkMask(opts: RuleOptions): number {
+export function verdictMarkMask(opts: CacheMarkOptions): number {
   return (opts.denyMark | (opts.verdictCache?.mark ?? 0)) >>> 0;
 }
 
@@ -120,12 +131,16 @@ export function verdictMarkMask(opts: RuleOptions): number {
  * The queue rules' "not one of our re-injected packets" match. Without the cache it stays the
  * historical `! --mark deny/deny`, so existing installs list the same rules.
  */
-export function iptablesNotMarked(opts: RuleOptions): string {
+export function iptablesNotMarked(opts: CacheMarkOptions): string {
   if (!opts.verdictCache) return `-m mark ! --mark ${hex(opts.denyMark)}/${hex(opts.denyMark)}`;
   return `-m mark --mark 0x0/${hex(verdictMarkMask(opts))}`;
 }
 
-function ipsetFor(opts: RuleOptions, verdict: CacheVerdict, family: IPFamily): string | undefined {
+function ipsetFor(
+  opts: CacheMarkOptions,
+  verdict: CacheVerdict,
+  family: IPFamily,
+): string | undefined {
   const s = cacheSetsInUse(opts.verdictCache).find((x) =>
     x.verdict === verdict && x.family === family
   );
@@ -142,7 +157,7 @@ function addToSet(name: string, cache: VerdictCacheRuleOptions): string {
  * deny cache and goes on to be refused by the reject rules right after.
  */
 export function iptablesCacheDenyFillRules(
-  opts: RuleOptions,
+  opts: CacheMarkOptions,
   family: IPFamily,
   chain: string,
 ): string[] {
@@ -155,7 +170,7 @@ export function iptablesCacheDenyFillRules(
 
 /** Rule 5 (docs/rules.md): first packets whose key the kernel remembers never reach the queue. */
 export function iptablesCacheHitRules(
-  opts: RuleOptions,
+  opts: CacheMarkOptions,
   family: IPFamily,
   chain: string,
 ): string[] {
@@ -177,7 +192,7 @@ export function iptablesCacheHitRules(
 
 /** After the queue rules: an allowed packet handed back with the cache mark (not the deny mark). */
 export function iptablesCacheAllowFillRules(
-  opts: RuleOptions,
+  opts: CacheMarkOptions,
   family: IPFamily,
   chain: string,
 ): string[] {
@@ -235,7 +250,7 @@ export function iptablesCacheHitVerdict(rule: string): CacheVerdict | undefined 
 // ------------------------------------------------------------------ nftables
 
 /** The nft equivalent of iptablesNotMarked. */
-export function nftNotMarked(opts: RuleOptions): string {
+export function nftNotMarked(opts: CacheMarkOptions): string {
   if (!opts.verdictCache) return `meta mark & ${hex(opts.denyMark)} != ${hex(opts.denyMark)}`;
   return `meta mark & ${hex(verdictMarkMask(opts))} == 0x0`;
 }
@@ -245,7 +260,7 @@ function nftKey(family: IPFamily): string {
   return `${ip} saddr . meta l4proto . th dport . ${ip} daddr`;
 }
 
-function nftSetFor(opts: RuleOptions, verdict: CacheVerdict, family: IPFamily) {
+function nftSetFor(opts: CacheMarkOptions, verdict: CacheVerdict, family: IPFamily) {
   return cacheSetsInUse(opts.verdictCache).find((x) =>
     x.verdict === verdict && x.family === family
   );
@@ -257,7 +272,7 @@ function nftSetFor(opts: RuleOptions, verdict: CacheVerdict, family: IPFamily) {
  * are deleted first (the batch flushes the chains that reference them before this runs).
  */
 export function renderNftCacheSets(
-  opts: RuleOptions,
+  opts: CacheMarkOptions,
   table: string,
   existing: readonly string[],
 ): string[] {
@@ -275,7 +290,7 @@ export function renderNftCacheSets(
 }
 
 /** Rule bodies for the judge chain, before the deny rules (see iptablesCacheDenyFillRules). */
-export function nftCacheDenyFillRules(opts: RuleOptions): string[] {
+export function nftCacheDenyFillRules(opts: CacheMarkOptions): string[] {
   const cache = opts.verdictCache;
   if (!cache) return [];
   const both = hex((opts.denyMark | cache.mark) >>> 0);
@@ -288,7 +303,7 @@ export function nftCacheDenyFillRules(opts: RuleOptions): string[] {
 }
 
 /** Rule bodies of rule 5 (see iptablesCacheHitRules); each counts its hits. */
-export function nftCacheHitRules(opts: RuleOptions): string[] {
+export function nftCacheHitRules(opts: CacheMarkOptions): string[] {
   if (!opts.verdictCache) return [];
   return ([4, 6] as const).flatMap((f) => {
     const rules: string[] = [];
@@ -307,7 +322,7 @@ export function nftCacheHitRules(opts: RuleOptions): string[] {
 }
 
 /** Rule bodies after the queue rules (see iptablesCacheAllowFillRules). */
-export function nftCacheAllowFillRules(opts: RuleOptions): string[] {
+export function nftCacheAllowFillRules(opts: CacheMarkOptions): string[] {
   const cache = opts.verdictCache;
   if (!cache) return [];
   const marked = `meta mark & ${hex(verdictMarkMask(opts))} == ${hex(cache.mark)}`;
