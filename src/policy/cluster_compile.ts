@@ -394,32 +394,10 @@ function compilePeer(
   action: ClusterAction,
   p: Problems,
 ): Entry<ClusterPeer> {
-  if (!isObject(raw)) {
-    p.error(path, "must be an object");
-    return { invalid: true };
-  }
-  const set = Object.keys(raw).filter((k) => raw[k] !== undefined && raw[k] !== null);
-  const known = set.filter((k) => fields.includes(k));
-  if (known.length > 1) {
-    p.error(path, `must set exactly one of ${fields.join(", ")}, not ${known.join(" and ")}`);
-    return { invalid: true };
-  }
-  if (known.length === 0) {
-    const what = set.length
-      ? `only fields this agent does not know (${set.join(", ")})`
-      : "no field";
-    p.warn(
-      path,
-      `sets ${what}; want one of ${fields.join(", ")}: ${
-        action === "Accept"
-          ? "the peer fails closed and matches nothing"
-          : "the rule fails closed and denies all traffic"
-      }`,
-    );
-    return { unknown: true };
-  }
-  const field = known[0]!;
-  const value = raw[field];
+  const one = oneField(raw, path, fields, "peer", action, p);
+  if (!("field" in one)) return one;
+  const field = one.field;
+  const value = one.obj[field];
   const fp = `${path}.${field}`;
   const selector = (v: unknown, at: string) =>
     Selector.compile(v as Parameters<typeof Selector.compile>[0], at, p.errors);
@@ -492,24 +470,48 @@ function checkRange(
   return { from, to };
 }
 
-function unknownEntry(
-  set: string[],
-  want: string,
+/** What a union whose one field cannot be taken compiles to. */
+type NoField = { invalid: true } | { unknown: true };
+
+/**
+ * The one field of a union that must set exactly one of `fields`: its name, with the object.
+ * Otherwise what to return: not an object or more than one field set is invalid (an error); no
+ * known field (none set, or only fields of a newer API) is unknown, which fails closed (a warning
+ * saying how: the `noun` matches nothing when it would accept, the rule denies all otherwise).
+ */
+function oneField(
+  raw: unknown,
   path: string,
+  fields: readonly string[],
+  noun: "peer" | "entry",
   action: ClusterAction,
   p: Problems,
-): Entry<ClusterPortMatch> {
+): { field: string; obj: Record<string, unknown> } | NoField {
+  if (!isObject(raw)) {
+    p.error(path, "must be an object");
+    return { invalid: true };
+  }
+  const set = Object.keys(raw).filter((k) => raw[k] !== undefined && raw[k] !== null);
+  const known = set.filter((k) => fields.includes(k));
+  if (known.length > 1) {
+    p.error(path, `must set exactly one of ${fields.join(", ")}, not ${known.join(" and ")}`);
+    return { invalid: true };
+  }
+  if (known.length === 1) return { field: known[0]!, obj: raw };
   const what = set.length ? `only fields this agent does not know (${set.join(", ")})` : "no field";
   p.warn(
     path,
-    `sets ${what}; want one of ${want}: ${
+    `sets ${what}; want one of ${fields.join(", ")}: ${
       action === "Accept"
-        ? "the entry fails closed and matches nothing"
+        ? `the ${noun} fails closed and matches nothing`
         : "the rule fails closed and denies all traffic"
     }`,
   );
   return { unknown: true };
 }
+
+const PROTOCOL_UNION = ["tcp", "udp", "sctp", "destinationNamedPort"];
+const V1_PORT_UNION = ["portNumber", "portRange", "namedPort"];
 
 /** v1alpha2: exactly one of tcp, udp, sctp, destinationNamedPort. */
 function compileProtocol(
@@ -518,22 +520,12 @@ function compileProtocol(
   action: ClusterAction,
   p: Problems,
 ): Entry<ClusterPortMatch> {
-  if (!isObject(raw)) {
-    p.error(path, "must be an object");
-    return { invalid: true };
-  }
-  const fields = ["tcp", "udp", "sctp", "destinationNamedPort"];
-  const set = Object.keys(raw).filter((k) => raw[k] !== undefined && raw[k] !== null);
-  const known = set.filter((k) => fields.includes(k));
-  if (known.length > 1) {
-    p.error(path, `must set exactly one of ${fields.join(", ")}, not ${known.join(" and ")}`);
-    return { invalid: true };
-  }
-  if (known.length === 0) return unknownEntry(set, fields.join(", "), path, action, p);
-  const field = known[0]!;
+  const one = oneField(raw, path, PROTOCOL_UNION, "entry", action, p);
+  if (!("field" in one)) return one;
+  const { field, obj } = one;
   const fp = `${path}.${field}`;
   if (field === "destinationNamedPort") {
-    const name = raw[field];
+    const name = obj[field];
     if (typeof name !== "string" || name === "") {
       p.error(fp, "must be a non-empty port name");
       return { invalid: true };
@@ -541,7 +533,7 @@ function compileProtocol(
     return { ok: { kind: "named", name } };
   }
   const protocol = PROTOCOL_FIELDS[field as keyof typeof PROTOCOL_FIELDS];
-  const body = raw[field];
+  const body = obj[field];
   if (!isObject(body)) {
     p.error(fp, "must be an object");
     return { invalid: true };
@@ -577,21 +569,11 @@ function compileV1Port(
   action: ClusterAction,
   p: Problems,
 ): Entry<ClusterPortMatch> {
-  if (!isObject(raw)) {
-    p.error(path, "must be an object");
-    return { invalid: true };
-  }
-  const fields = ["portNumber", "portRange", "namedPort"];
-  const set = Object.keys(raw).filter((k) => raw[k] !== undefined && raw[k] !== null);
-  const known = set.filter((k) => fields.includes(k));
-  if (known.length > 1) {
-    p.error(path, `must set exactly one of ${fields.join(", ")}, not ${known.join(" and ")}`);
-    return { invalid: true };
-  }
-  if (known.length === 0) return unknownEntry(set, fields.join(", "), path, action, p);
-  const field = known[0]!;
+  const one = oneField(raw, path, V1_PORT_UNION, "entry", action, p);
+  if (!("field" in one)) return one;
+  const field = one.field;
   const fp = `${path}.${field}`;
-  const value = raw[field];
+  const value = one.obj[field];
   if (field === "namedPort") {
     if (typeof value !== "string" || value === "") {
       p.error(fp, "must be a non-empty port name");
