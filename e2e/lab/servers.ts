@@ -58,42 +58,17 @@ async function waitReady(child: Deno.ChildProcess, who: string, timeoutMs: numbe
  * Start a server in every pod (or in `pods`, e.g. one added late) and return once all of them have
  * bound all their sockets.
  */
-export async function startServers(
+export function startServers(
   lab: Lab,
   opts: { ports?: readonly number[]; timeoutMs?: number; pods?: LabPod[] } = {},
 ): Promise<LabServers> {
-  const ports = [...(opts.ports ?? LAB_PORTS)];
   const pods = opts.pods ?? lab.pods;
   const ipv6 = pods.some((p) => p.ip6);
-  const children = pods.map((p) =>
-    lab.spawn(p.netns, [
-      Deno.execPath(),
-      "run",
-      "--no-config",
-      "--allow-net",
-      POD_SERVER,
-      `${p.namespace}/${p.name}`,
-      ports.join(","),
-      ...(ipv6 ? ["--ipv6"] : []),
-    ], { stdout: "piped", stderr: "inherit" })
+  return startIn(
+    lab,
+    pods.map((p) => ({ netns: p.netns, name: `${p.namespace}/${p.name}`, ipv6 })),
+    opts,
   );
-  const stop = async () => {
-    for (const c of children) {
-      try {
-        c.kill("SIGKILL");
-      } catch { /* exited */ }
-    }
-    await Promise.allSettled(children.map((c) => c.status));
-  };
-  try {
-    await Promise.all(
-      children.map((c, i) => waitReady(c, pods[i]!.netns, opts.timeoutMs ?? 15_000)),
-    );
-  } catch (e) {
-    await stop();
-    throw e;
-  }
-  return { ports, stop };
 }
 
 /**
@@ -101,22 +76,31 @@ export async function startServers(
  * node's addresses: what a pod reaches when it connects to its node, or to another node. Killed
  * with the lab (or `stop()`).
  */
-export async function startNodeServers(
+export function startNodeServers(
   lab: Lab,
   opts: { ports?: readonly number[]; timeoutMs?: number; nodes?: string[] } = {},
 ): Promise<LabServers> {
-  const ports = [...(opts.ports ?? LAB_PORTS)];
   const nodes = lab.nodes.filter((n) => !opts.nodes || opts.nodes.includes(n.name));
-  const children = nodes.map((n) =>
-    lab.spawn(n.netns, [
+  return startIn(lab, nodes.map((n) => ({ netns: n.netns, name: n.name, ipv6: !!n.ip6 })), opts);
+}
+
+/** One pod_server.ts per place, answering with its name; all killed again if one fails to start. */
+async function startIn(
+  lab: Lab,
+  places: { netns: string; name: string; ipv6: boolean }[],
+  opts: { ports?: readonly number[]; timeoutMs?: number },
+): Promise<LabServers> {
+  const ports = [...(opts.ports ?? LAB_PORTS)];
+  const children = places.map((pl) =>
+    lab.spawn(pl.netns, [
       Deno.execPath(),
       "run",
       "--no-config",
       "--allow-net",
       POD_SERVER,
-      n.name,
+      pl.name,
       ports.join(","),
-      ...(n.ip6 ? ["--ipv6"] : []),
+      ...(pl.ipv6 ? ["--ipv6"] : []),
     ], { stdout: "piped", stderr: "inherit" })
   );
   const stop = async () => {
@@ -129,7 +113,7 @@ export async function startNodeServers(
   };
   try {
     await Promise.all(
-      children.map((c, i) => waitReady(c, nodes[i]!.netns, opts.timeoutMs ?? 15_000)),
+      children.map((c, i) => waitReady(c, places[i]!.netns, opts.timeoutMs ?? 15_000)),
     );
   } catch (e) {
     await stop();
