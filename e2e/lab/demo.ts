@@ -68,7 +68,12 @@ function denyReasons(agentLog: string): Map<string, string> {
   return out;
 }
 
-async function render(lab: Lab, pods: DemoPod[], agent: LabAgent): Promise<string> {
+async function render(
+  lab: Lab,
+  pods: DemoPod[],
+  agent: LabAgent,
+  live: boolean,
+): Promise<string> {
   const ports = [...new Set(pods.flatMap((p) => p.ports))].sort((a, b) => a - b);
   const pairs = pods.flatMap((a) =>
     pods.filter((b) => b !== a).map((b) => ({ from: a.key, to: b.key }))
@@ -131,11 +136,14 @@ async function render(lab: Lab, pods: DemoPod[], agent: LabAgent): Promise<strin
     pick("kube_netpol_verdicts_total"),
     pick("packet_count"),
   );
-  lines.push(
-    "",
-    `Metrics: sudo ip netns exec ${lab.nodeNetns} curl -s 127.0.0.1:${agent.port}/metrics`,
-    `The agent enforces ${agentDir} live: edit a policy there and watch this matrix change.`,
-  );
+  // Only while the lab lives on: with --once it is removed right after this matrix.
+  if (live) {
+    lines.push(
+      "",
+      `Metrics: sudo ip netns exec ${lab.nodeNetns} curl -s 127.0.0.1:${agent.port}/metrics`,
+      `The agent enforces ${agentDir} live: edit a policy there and watch this matrix change.`,
+    );
+  }
   return lines.join("\n");
 }
 
@@ -177,7 +185,7 @@ async function main(): Promise<void> {
       `agent ready, enforcing ${first.policies.length} policies: ${first.policies.join(", ")}\n`,
     );
     do {
-      const text = await render(lab, pods, agent);
+      const text = await render(lab, pods, agent, !values.once);
       if (!values.once) console.log("\x1b[2J\x1b[H" + new Date().toISOString());
       console.log(text);
       if (values.once) break;
