@@ -102,6 +102,8 @@ async function withCluster(
     access?: KubeconfigOptions;
     /** Runs before the source starts (e.g. write the token file). */
     prepare?: (dir: string, server: FakeApiServer) => Promise<void>;
+    /** The service account is mounted in the test's temp dir (in-cluster config). */
+    serviceAccountDirInTemp?: boolean;
   },
   body: (h: Harness) => Promise<void>,
 ): Promise<void> {
@@ -123,6 +125,7 @@ async function withCluster(
     log,
     metrics,
     restartBackoff: { initialMs: 100, maxMs: 1000 },
+    ...(opts.serviceAccountDirInTemp ? { serviceAccountDir: dir } : {}),
     ...opts,
   });
   const h: Harness = {
@@ -529,6 +532,38 @@ Deno.test("TLS: the right CA connects and the informers sync over HTTPS", async 
     assert.equal(h.verdict(OTHER_IP, WEB_IP), "deny");
     await waitFor("healthy", () => h.source.health().ok);
   });
+});
+
+Deno.test("in a pod: the service account's token and CA, over HTTPS, without a kubeconfig", async () => {
+  const saved = ["KUBECONFIG", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"].map((
+    k,
+  ) => [k, Deno.env.get(k)] as const);
+  try {
+    await withCluster({
+      server: { tls: TLS },
+      kubeconfig: undefined,
+      prepare: async (dir, server) => {
+        await Deno.copyFile(`${TLS_DIR}ca.crt`, `${dir}/ca.crt`);
+        await Deno.writeTextFile(`${dir}/token`, "sa-token\n");
+        server.requiredToken = "sa-token";
+        Deno.env.delete("KUBECONFIG");
+        Deno.env.set("KUBERNETES_SERVICE_HOST", "127.0.0.1");
+        Deno.env.set("KUBERNETES_SERVICE_PORT", String(server.port));
+      },
+      serviceAccountDirInTemp: true,
+    }, async (h) => {
+      assert.equal(h.source.synced(), true);
+      assert.equal(h.verdict(OTHER_IP, WEB_IP), "deny");
+      assert.ok(h.server.requests.length > 0);
+      assert.ok(h.server.requests.every((r) => r.authorization === "Bearer sa-token"));
+      assert.ok(
+        h.logs.some((l) => l.includes('"config":"in-cluster"')),
+        `the start names the in-cluster config:\n${h.logs.join("\n")}`,
+      );
+    });
+  } finally {
+    for (const [k, v] of saved) v === undefined ? Deno.env.delete(k) : Deno.env.set(k, v);
+  }
 });
 
 Deno.test("401: a rotated service-account token is re-read at once, not after a minute", async () => {

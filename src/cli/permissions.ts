@@ -12,6 +12,7 @@
  * The process-wide flags below are the union: the Worker's grant must be a subset of them.
  */
 import { type Arch, ffiPaths } from "../../ffi/library.ts";
+import { SERVICE_ACCOUNT_DIR } from "../k8s/service_account.ts";
 
 /** Programs the rule backends run (probe, install, sync, cleanup), nft and legacy flavours. */
 export const RULE_TOOLS = [
@@ -45,8 +46,8 @@ export const AGENT_RUNTIME_FLAGS = [
   "--v8-flags=--max-semi-space-size=1,--expose-gc",
 ];
 
-/** Where Kubernetes mounts the pod's service-account token, CA and namespace. */
-export const SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount";
+/** Where Kubernetes mounts the pod's service account (read by the in-cluster config). */
+export { SERVICE_ACCOUNT_DIR };
 
 export interface AgentPermissions {
   /** The CPU architecture, which decides the library paths. */

@@ -23,12 +23,14 @@
  * `absentRecheckMs` until the CRD appears. A 403 (the ClusterRole lacks the kind) before the kind's
  * first list also lets the rest be enforced, but fails readiness with the reason until granted.
  */
-import { type KubernetesObject, ListWatch } from "@kubernetes/client-node";
+import type { KubernetesObject } from "@kubernetes/client-node";
+// The informer alone, not the package's index: that loads KubeConfig too (see api_client.ts).
+import { ListWatch } from "@kubernetes/client-node/dist/cache.js";
 import type { Logger } from "../log.ts";
 import type { AgentMetrics } from "../metrics.ts";
 import type { StateEvent } from "../state/events.ts";
 import type { ClusterSource, SourceHealth } from "../state/source.ts";
-import { type ApiClient, createApiClient, loadKubeConfig } from "./api_client.ts";
+import { type ApiClient, createApiClient, loadClusterConfig } from "./api_client.ts";
 import { type SlimObject, slimObject } from "./slim.ts";
 import { API_KINDS, type ApiKind, DEFAULT_ABSENT_RECHECK_MS } from "./kinds.ts";
 import {
@@ -42,6 +44,8 @@ import { type Clock, realClock, sleepOn, type TimerHandle } from "../clock.ts";
 export interface KubernetesSourceOptions {
   /** kubeconfig path (`--kubeconfig`); else KUBECONFIG, else in-cluster. */
   kubeconfig?: string;
+  /** Where the service account is mounted (tests); default the path Kubernetes uses. */
+  serviceAccountDir?: string;
   log: Logger;
   metrics?: AgentMetrics;
   /** Informer restart backoff after errors (default 500 ms doubling to 30 s). */
@@ -76,7 +80,7 @@ function unavailableStatus(err: unknown): number | undefined {
 export type RestartCause = "error" | "list-error" | "stall";
 
 type InformerSettings =
-  & Required<Omit<KubernetesSourceOptions, "kubeconfig" | "metrics">>
+  & Required<Omit<KubernetesSourceOptions, "kubeconfig" | "serviceAccountDir" | "metrics">>
   & { metrics?: AgentMetrics };
 
 /** What the informers learn about the server they share. */
@@ -437,9 +441,12 @@ export function createKubernetesSource(opts: KubernetesSourceOptions): ClusterSo
     async start(sink) {
       if (started) throw new Error("kubernetes source already started");
       started = true;
-      const { kc, origin } = loadKubeConfig({ kubeconfig: opts.kubeconfig });
-      client = await createApiClient(kc, settings.clock);
-      log.info("watching the API server", { server: client.server, config: origin });
+      const config = await loadClusterConfig({
+        kubeconfig: opts.kubeconfig,
+        serviceAccountDir: opts.serviceAccountDir,
+      });
+      client = await createApiClient(config, settings.clock);
+      log.info("watching the API server", { server: client.server, config: config.origin });
       const syncedPromise = new Promise<void>((resolve) => resolveSynced = resolve);
       const onSynced = () => {
         if (allSynced()) resolveSynced?.();
