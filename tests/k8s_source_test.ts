@@ -554,6 +554,7 @@ Deno.test("in a pod: the service account's token and CA, over HTTPS, without a k
     }, async (h) => {
       assert.equal(h.source.synced(), true);
       assert.equal(h.verdict(OTHER_IP, WEB_IP), "deny");
+      await waitFor("healthy", () => h.source.health().ok);
       assert.ok(h.server.requests.length > 0);
       assert.ok(h.server.requests.every((r) => r.authorization === "Bearer sa-token"));
       assert.ok(
