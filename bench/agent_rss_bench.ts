@@ -6,7 +6,7 @@
  * path is measured too. RSS is the process's (main thread, verdict Worker with its engine
  * replica, informer caches), read from `ps` once the agent is ready and again after it settled.
  *
- *   deno run --frozen -A bench/agent_rss_bench.ts [--json] [--pods N] [--policies N]
+ *   deno run --frozen -A bench/agent_rss_bench.ts [--json] [--pods N] [--policies N] [--in-cluster]
  *
  * Needs root (the agent installs its rules and binds its queue inside the lab's netns).
  */
@@ -19,6 +19,8 @@ const FAKE_API_MAIN = new URL("../e2e/fake_apiserver/main.ts", import.meta.url).
 
 export interface AgentRssResult {
   pods: number;
+  /** How the agent was configured: as in a pod, or with a kubeconfig. */
+  config: "in-cluster" | "kubeconfig";
   policies: number;
   namespaces: number;
   /** Seconds from start to /readyz answering 200. */
@@ -118,8 +120,15 @@ export function fattenPod(pod: Pod, i: number): Record<string, unknown> {
 }
 
 /** A client of the fake API server process: one command per line, one answer per line. */
-async function startFakeApi(spawn: (args: string[]) => Deno.ChildProcess) {
-  const api = spawn([Deno.execPath(), "run", "--frozen", "-A", FAKE_API_MAIN]);
+async function startFakeApi(spawn: (args: string[]) => Deno.ChildProcess, inCluster: boolean) {
+  const api = spawn([
+    Deno.execPath(),
+    "run",
+    "--frozen",
+    "-A",
+    FAKE_API_MAIN,
+    ...(inCluster ? ["--in-cluster"] : []),
+  ]);
   const lines = api.stdout.pipeThrough(new TextDecoderStream()).getReader();
   let pending = "";
   const nextLine = async (): Promise<string> => {
@@ -134,10 +143,15 @@ async function startFakeApi(spawn: (args: string[]) => Deno.ChildProcess) {
     return line;
   };
   const writer = api.stdin.getWriter();
-  const ready = await nextLine();
-  if (!ready.startsWith("ready ")) throw new Error(`fake API server: ${ready}`);
+  const ready = (await nextLine()).split(" ");
+  if (ready[0] !== (inCluster ? "ready-in-cluster" : "ready")) {
+    throw new Error(`fake API server: ${ready.join(" ")}`);
+  }
   return {
-    kubeconfig: ready.slice("ready ".length),
+    /** How the agent reaches it: a kubeconfig, or as a pod would (address and service account). */
+    access: inCluster
+      ? { inCluster: { host: "127.0.0.1", port: Number(ready[1]), serviceAccountDir: ready[2]! } }
+      : { kubeconfig: ready[1]! },
     /** Sends every command, then reads every answer (pipelined). */
     async applyAll(cmds: unknown[]): Promise<void> {
       const enc = new TextEncoder();
@@ -172,10 +186,16 @@ async function rssMB(pid: number): Promise<number> {
   return Number(new TextDecoder().decode(out.stdout).trim()) / 1024;
 }
 
+/**
+ * `inCluster`: the agent runs as in a pod (its configuration from the environment and the service
+ * account, over HTTPS), as the image does; else with a kubeconfig, which loads client-node's
+ * KubeConfig too (about 40 MB, docs/sizing.md).
+ */
 export async function runAgentRssBench(
   pods = 10_000,
   policies = 5_000,
   settleSeconds = 10,
+  inCluster = false,
 ): Promise<AgentRssResult> {
   const cluster = generateCluster(pods, policies);
   await cleanupStaleLabs("knprss");
@@ -184,8 +204,9 @@ export async function runAgentRssBench(
     pods: [{ namespace: "bench", name: "probe", ip: "10.244.1.11" }],
   });
   let agent: LabAgent | undefined;
-  const api = await startFakeApi((args) =>
-    lab.spawn(lab.nodeNetns, args, { stdin: "piped", stdout: "piped" })
+  const api = await startFakeApi(
+    (args) => lab.spawn(lab.nodeNetns, args, { stdin: "piped", stdout: "piped" }),
+    inCluster,
   );
   try {
     await api.applyAll([
@@ -200,7 +221,7 @@ export async function runAgentRssBench(
     const t0 = performance.now();
     agent = await LabAgent.start(lab, {
       nodeName: "node-0",
-      kubeconfig: api.kubeconfig,
+      ...api.access,
       verbosity: 0,
     }, 300_000);
     const readySeconds = (performance.now() - t0) / 1000;
@@ -217,6 +238,7 @@ export async function runAgentRssBench(
       pods,
       policies,
       namespaces: cluster.namespaces.length,
+      config: inCluster ? "in-cluster" : "kubeconfig",
       readySeconds,
       rssReadyMB,
       rssSettledMB,
@@ -232,7 +254,7 @@ export async function runAgentRssBench(
 export function formatAgentRss(r: AgentRssResult): string {
   return [
     `Whole agent at ${r.pods} pods / ${r.policies} policies / ${r.namespaces} namespaces ` +
-    `(informers from the fake API server, node-0 of ${Math.ceil(r.pods / 100)} nodes)`,
+    `(informers from the fake API server, node-0 of ${Math.ceil(r.pods / 100)} nodes, ${r.config})`,
     `  ready after ${r.readySeconds.toFixed(1)} s; RSS at ready ${r.rssReadyMB.toFixed(0)} MB, ` +
     `settled ${r.rssSettledMB.toFixed(0)} MB, max ${r.rssMaxMB.toFixed(0)} MB`,
   ].join("\n");
@@ -244,6 +266,11 @@ function arg(name: string, dflt: number): number {
 }
 
 if (import.meta.main) {
-  const r = await runAgentRssBench(arg("--pods", 10_000), arg("--policies", 5_000));
+  const r = await runAgentRssBench(
+    arg("--pods", 10_000),
+    arg("--policies", 5_000),
+    10,
+    Deno.args.includes("--in-cluster"),
+  );
   console.log(Deno.args.includes("--json") ? JSON.stringify(r, null, 2) : formatAgentRss(r));
 }

@@ -39,6 +39,8 @@ export const PROGRAMS: Readonly<Record<string, string>> = {
   ln: "base",
   cat: "base",
   prlimit: "base",
+  // a lab agent run as in a pod gets the service account's files in a mount namespace of its own
+  unshare: "base",
   ps: "procps",
   // the packet-path benchmark builds its C reference loop and load generator
   gcc: "gcc",

@@ -1,6 +1,8 @@
 /**
  * The fake API server (tests/fake_apiserver.ts) as its own process, so it can run inside a lab's
- * node netns beside the agent. Prints `ready <kubeconfig path>` once listening, then takes one
+ * node netns beside the agent. Prints `ready <kubeconfig path>` once listening (with `--in-cluster`:
+ * HTTPS with the test certificate, a token required, and `ready-in-cluster <port> <dir>` naming a
+ * service-account directory with the CA and token a pod would get), then takes one
  * JSON command per stdin line and answers `ok` (or `error <message>`) per line:
  *   {"op":"apply","kind":"pods","object":{...}}   {"op":"delete","kind":..,"namespace":..,"name":..}
  *   {"op":"cut"}   (drop every watch connection abruptly)
@@ -8,12 +10,29 @@
  */
 import { FakeApiServer, type FakeKind } from "./server.ts";
 
-const server = new FakeApiServer();
+const TLS_DIR = new URL("../../tests/fixtures/tls/", import.meta.url).pathname;
+const inCluster = Deno.args.includes("--in-cluster");
+const server = new FakeApiServer(
+  inCluster
+    ? {
+      tls: {
+        cert: await Deno.readTextFile(`${TLS_DIR}server.crt`),
+        key: await Deno.readTextFile(`${TLS_DIR}server.key`),
+      },
+    }
+    : {},
+);
 const dir = await Deno.makeTempDir({ prefix: "knp-fakeapi-" });
-const kubeconfig = await server.writeKubeconfig(dir);
 const enc = new TextEncoder();
 const say = (line: string) => Deno.stdout.writeSync(enc.encode(`${line}\n`));
-say(`ready ${kubeconfig}`);
+if (inCluster) {
+  await Deno.copyFile(`${TLS_DIR}ca.crt`, `${dir}/ca.crt`);
+  await Deno.writeTextFile(`${dir}/token`, "fake-service-account-token\n");
+  server.requiredToken = "fake-service-account-token";
+  say(`ready-in-cluster ${server.port} ${dir}`);
+} else {
+  say(`ready ${await server.writeKubeconfig(dir)}`);
+}
 
 let buf = "";
 for await (const chunk of Deno.stdin.readable.pipeThrough(new TextDecoderStream())) {

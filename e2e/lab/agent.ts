@@ -11,10 +11,18 @@
 import { stringify } from "yaml";
 import type { Lab } from "./topology.ts";
 import { agentDenoFlags } from "../../src/cli/permissions.ts";
-import { runPermissionsHere } from "../../src/cli/run_permissions.ts";
+import { runPermissions } from "../../src/cli/run_permissions.ts";
 
 const MAIN_TS = new URL("../../main.ts", import.meta.url).pathname;
 const REPO_ROOT = new URL("../../", import.meta.url).pathname;
+/**
+ * Run by `sh -c` in the agent's own mount namespace ($1: the service-account directory to show, the
+ * rest: the agent's command): a tmpfs over /run there (so nothing of the machine's changes), the
+ * files where Kubernetes mounts them (/var/run/secrets/kubernetes.io/serviceaccount), then the agent.
+ */
+const POD_MOUNTS =
+  "set -e; mount -t tmpfs tmpfs /run; d=/run/secrets/kubernetes.io/serviceaccount; " +
+  'mkdir -p "$d"; cp "$1/ca.crt" "$1/token" "$d/"; shift; exec "$@"';
 
 export interface LabAgentOptions {
   /**
@@ -26,6 +34,13 @@ export interface LabAgentOptions {
   manifestsDir?: string;
   /** Instead of manifests: a kubeconfig for an API server (e.g. the fake one, in the node netns). */
   kubeconfig?: string;
+  /**
+   * Instead of manifests or a kubeconfig: run as in a pod. The API server's address goes into the
+   * agent's environment (KUBERNETES_SERVICE_HOST/PORT) and the files of `serviceAccountDir`
+   * (`ca.crt`, `token`) appear where Kubernetes mounts them, in a mount namespace of the agent's
+   * own (a tmpfs over /run there; the machine's /run is untouched).
+   */
+  inCluster?: { host: string; port: number; serviceAccountDir: string };
   /** Default true; false starts the agent with --fail-open=false. */
   failOpen?: boolean;
   queueId?: number;
@@ -186,12 +201,44 @@ export class LabAgent {
     const metricsAddress = opts.metricsBindAll ? `:${port}` : `127.0.0.1:${port}`;
     // The permission list `deno task agent` computes for these flags, so every lab run proves
     // the narrow permissions (and that the main thread works without FFI).
-    const permissions = runPermissionsHere({
+    const inCluster = opts.inCluster;
+    const env: Record<string, string> = inCluster
+      ? {
+        KUBECONFIG: "",
+        KUBERNETES_SERVICE_HOST: inCluster.host,
+        KUBERNETES_SERVICE_PORT: String(inCluster.port),
+      }
+      : {};
+    const fromApi = !!(opts.kubeconfig || inCluster);
+    const permissions = runPermissions({
       kubeconfig: opts.kubeconfig,
-      manifests: opts.kubeconfig ? [] : [opts.manifestsDir ?? "."],
+      manifests: fromApi ? [] : [opts.manifestsDir ?? "."],
       metricsAddress,
-    }, REPO_ROOT);
+      sourceRoot: REPO_ROOT,
+      env: (name) => inCluster ? env[name] : Deno.env.get(name),
+      readTextFile: (path) => Deno.readTextFileSync(path),
+      realPath: (path) => {
+        try {
+          return Deno.realPathSync(path);
+        } catch {
+          return path;
+        }
+      },
+    });
     const args = [
+      ...(inCluster
+        ? [
+          "unshare",
+          "--mount",
+          "--propagation",
+          "private",
+          "sh",
+          "-c",
+          POD_MOUNTS,
+          "sh",
+          inCluster.serviceAccountDir,
+        ]
+        : []),
       ...(opts.maxOpenFiles
         ? ["prlimit", `--nofile=${opts.maxOpenFiles}:${opts.maxOpenFiles}`, "--"]
         : []),
@@ -203,6 +250,8 @@ export class LabAgent {
       "run",
       ...(opts.kubeconfig
         ? ["--kubeconfig", opts.kubeconfig]
+        : inCluster
+        ? []
         : ["--manifests", opts.manifestsDir ?? "."]),
       "--hostname-override",
       opts.nodeName,
@@ -220,6 +269,7 @@ export class LabAgent {
       stdout: "piped",
       stderr: "piped",
       cwd: REPO_ROOT,
+      env,
     });
     const agent = new LabAgent(lab, child, port, opts.nodeName, netns);
     agent.collect(child.stdout, !!opts.echoLogs);
