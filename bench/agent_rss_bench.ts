@@ -12,10 +12,9 @@
  */
 import { cleanupStaleLabs, createLab } from "../e2e/lab/topology.ts";
 import { LabAgent } from "../e2e/lab/agent.ts";
+import { startFakeApiProcess } from "../e2e/fake_apiserver/process.ts";
 import { generateCluster } from "./cluster_gen.ts";
 import type { Pod } from "../src/policy/types.ts";
-
-const FAKE_API_MAIN = new URL("../e2e/fake_apiserver/main.ts", import.meta.url).pathname;
 
 export interface AgentRssResult {
   pods: number;
@@ -119,64 +118,6 @@ export function fattenPod(pod: Pod, i: number): Record<string, unknown> {
   };
 }
 
-/** A client of the fake API server process: one command per line, one answer per line. */
-async function startFakeApi(spawn: (args: string[]) => Deno.ChildProcess, inCluster: boolean) {
-  const api = spawn([
-    Deno.execPath(),
-    "run",
-    "--frozen",
-    "-A",
-    FAKE_API_MAIN,
-    ...(inCluster ? ["--in-cluster"] : []),
-  ]);
-  const lines = api.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let pending = "";
-  const nextLine = async (): Promise<string> => {
-    while (!pending.includes("\n")) {
-      const { value, done } = await lines.read();
-      if (done) throw new Error("fake API server exited");
-      pending += value;
-    }
-    const i = pending.indexOf("\n");
-    const line = pending.slice(0, i);
-    pending = pending.slice(i + 1);
-    return line;
-  };
-  const writer = api.stdin.getWriter();
-  const ready = (await nextLine()).split(" ");
-  if (ready[0] !== (inCluster ? "ready-in-cluster" : "ready")) {
-    throw new Error(`fake API server: ${ready.join(" ")}`);
-  }
-  return {
-    /** How the agent reaches it: a kubeconfig, or as a pod would (address and service account). */
-    access: inCluster
-      ? { inCluster: { host: "127.0.0.1", port: Number(ready[1]), serviceAccountDir: ready[2]! } }
-      : { kubeconfig: ready[1]! },
-    /** Sends every command, then reads every answer (pipelined). */
-    async applyAll(cmds: unknown[]): Promise<void> {
-      const enc = new TextEncoder();
-      const reading = (async () => {
-        for (let i = 0; i < cmds.length; i++) {
-          const answer = await nextLine();
-          if (answer !== "ok") throw new Error(`fake API server: ${answer}`);
-        }
-      })();
-      for (let i = 0; i < cmds.length; i += 500) {
-        const chunk = cmds.slice(i, i + 500).map((c) => JSON.stringify(c) + "\n").join("");
-        await writer.write(enc.encode(chunk));
-      }
-      await reading;
-    },
-    async stop(): Promise<void> {
-      await writer.close().catch(() => {});
-      try {
-        api.kill("SIGKILL");
-      } catch { /* gone */ }
-      await api.status;
-    },
-  };
-}
-
 async function rssMB(pid: number): Promise<number> {
   const out = await new Deno.Command("ps", {
     args: ["-o", "rss=", "-p", String(pid)],
@@ -204,12 +145,12 @@ export async function runAgentRssBench(
     pods: [{ namespace: "bench", name: "probe", ip: "10.244.1.11" }],
   });
   let agent: LabAgent | undefined;
-  const api = await startFakeApi(
-    (args) => lab.spawn(lab.nodeNetns, args, { stdin: "piped", stdout: "piped" }),
-    inCluster,
+  const api = await startFakeApiProcess(
+    (cmd) => lab.spawn(lab.nodeNetns, cmd, { stdin: "piped", stdout: "piped" }),
+    { inCluster },
   );
   try {
-    await api.applyAll([
+    await api.sendAll([
       ...cluster.namespaces.map((object) => ({ op: "apply", kind: "namespaces", object })),
       ...cluster.pods.map((p, i) => ({
         op: "apply",

@@ -7,13 +7,12 @@
  */
 import assert from "node:assert/strict";
 import { LabAgent } from "./agent.ts";
+import { startFakeApiProcess } from "../fake_apiserver/process.ts";
 import { clusterObjects, defaultPlan, networkPolicy as policy } from "./cluster.ts";
 import { eventually, labTest } from "./harness.ts";
 import { probeMatrix, verdictMatrix } from "./probe.ts";
 import { startServers } from "./servers.ts";
 import { cleanupStaleLabs, createLab, listNetns } from "./topology.ts";
-
-const FAKE_API_MAIN = new URL("../fake_apiserver/main.ts", import.meta.url).pathname;
 
 Deno.test(
   "in a pod: the agent reads its service account and enforces API policies",
@@ -27,34 +26,11 @@ Deno.test(
     let agent: LabAgent | undefined;
     try {
       await startServers(lab, { ports: [80] });
-      const api = lab.spawn(lab.nodeNetns, [
-        Deno.execPath(),
-        "run",
-        "--frozen",
-        "-A",
-        FAKE_API_MAIN,
-        "--in-cluster",
-      ], { stdin: "piped", stdout: "piped" });
-      const lines = api.stdout!.pipeThrough(new TextDecoderStream()).getReader();
-      let pending = "";
-      const nextLine = async (): Promise<string> => {
-        while (!pending.includes("\n")) {
-          const { value, done } = await lines.read();
-          if (done) throw new Error("fake API server exited");
-          pending += value;
-        }
-        const i = pending.indexOf("\n");
-        const line = pending.slice(0, i);
-        pending = pending.slice(i + 1);
-        return line;
-      };
-      const writer = api.stdin!.getWriter();
-      const send = async (cmd: unknown) => {
-        await writer.write(new TextEncoder().encode(JSON.stringify(cmd) + "\n"));
-        assert.equal(await nextLine(), "ok");
-      };
-      const [word, port, serviceAccountDir] = (await nextLine()).split(" ");
-      assert.equal(word, "ready-in-cluster");
+      const api = await startFakeApiProcess(
+        (cmd) => lab.spawn(lab.nodeNetns, cmd, { stdin: "piped", stdout: "piped" }),
+        { inCluster: true },
+      );
+      const send = api.send;
       for (const o of clusterObjects(plan, lab)) {
         await send({ op: "apply", kind: o.kind === "Pod" ? "pods" : "namespaces", object: o });
       }
@@ -69,7 +45,7 @@ Deno.test(
 
       agent = await LabAgent.start(lab, {
         nodeName: plan.nodeName,
-        inCluster: { host: "127.0.0.1", port: Number(port), serviceAccountDir: serviceAccountDir! },
+        ...api.access,
       });
       assert.match(agent.logs(), /watching the API server.*in-cluster/);
       await agent.waitEnforced(["x/b-in"]);
@@ -92,7 +68,7 @@ Deno.test(
         (v) => v === "allow",
         15_000,
       );
-      await writer.close().catch(() => {});
+      await api.stop();
     } finally {
       await agent?.kill("SIGTERM");
       await lab.destroy();

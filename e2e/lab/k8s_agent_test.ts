@@ -9,12 +9,11 @@
  */
 import assert from "node:assert/strict";
 import { LabAgent } from "./agent.ts";
+import { startFakeApiProcess } from "../fake_apiserver/process.ts";
 import { clusterObjects, defaultPlan, networkPolicy as policy } from "./cluster.ts";
 import { probeMatrix, verdictMatrix } from "./probe.ts";
 import { startServers } from "./servers.ts";
 import { cleanupStaleLabs, createLab } from "./topology.ts";
-
-const FAKE_API_MAIN = new URL("../fake_apiserver/main.ts", import.meta.url).pathname;
 
 Deno.test({
   name: "agent on the Kubernetes protocol: API changes reach real packets, cut watches recover",
@@ -31,38 +30,10 @@ Deno.test({
     try {
       await startServers(lab, { ports: [80] });
       // The fake API server, in the node netns so the agent reaches it on 127.0.0.1.
-      const api = lab.spawn(lab.nodeNetns, [
-        Deno.execPath(),
-        "run",
-        "--frozen",
-        "-A",
-        FAKE_API_MAIN,
-      ], {
-        stdin: "piped",
-        stdout: "piped",
-      });
-      const lines = api.stdout!.pipeThrough(new TextDecoderStream()).getReader();
-      let pending = "";
-      const nextLine = async (): Promise<string> => {
-        while (!pending.includes("\n")) {
-          const { value, done } = await lines.read();
-          if (done) throw new Error("fake API server exited");
-          pending += value;
-        }
-        const i = pending.indexOf("\n");
-        const line = pending.slice(0, i);
-        pending = pending.slice(i + 1);
-        return line;
-      };
-      const writer = api.stdin!.getWriter();
-      const send = async (cmd: unknown) => {
-        await writer.write(new TextEncoder().encode(JSON.stringify(cmd) + "\n"));
-        const answer = await nextLine();
-        assert.equal(answer, "ok", `fake API server: ${answer}`);
-      };
-      const ready = await nextLine();
-      assert.match(ready, /^ready /);
-      const kubeconfig = ready.slice("ready ".length);
+      const api = await startFakeApiProcess((cmd) =>
+        lab.spawn(lab.nodeNetns, cmd, { stdin: "piped", stdout: "piped" })
+      );
+      const send = api.send;
       for (const o of clusterObjects(plan, lab)) {
         await send({ op: "apply", kind: o.kind === "Pod" ? "pods" : "namespaces", object: o });
       }
@@ -70,7 +41,7 @@ Deno.test({
       // interval (default 30 s) keeps the CRD step below quick.
       agent = await LabAgent.start(lab, {
         nodeName: plan.nodeName,
-        kubeconfig,
+        ...api.access,
         extraArgs: ["--crd-recheck-interval=1s"],
       });
 
@@ -194,7 +165,7 @@ Deno.test({
       console.log(
         `API event -> enforced on the wire (ms, probe included): ${JSON.stringify(timings)}`,
       );
-      await writer.close().catch(() => {});
+      await api.stop();
     } finally {
       await agent?.kill("SIGTERM").catch(() => {});
       await lab.destroy();
