@@ -120,6 +120,23 @@ export function parseFlags(
 
 const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
 
+/** An integer flag within [min, max] (parseArgs hands every value over as a string). */
+export function intFlag(
+  values: Record<string, unknown>,
+  name: string,
+  min: number,
+  max: number,
+): number {
+  const text = String(values[name]);
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < min || n > max) {
+    throw new UsageError(
+      `--${name} must be an integer from ${min} to ${max}, not ${JSON.stringify(text)}`,
+    );
+  }
+  return n;
+}
+
 /**
  * A Go-style duration (`10s`, `1m30s`, `500ms`) in milliseconds; a bare number is seconds.
  * Throws a UsageError naming `flag` for anything else or for values outside `minMs..maxMs`.

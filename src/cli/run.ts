@@ -24,7 +24,7 @@ import { type QueueCounters, UnjudgedMonitor } from "../rules/unjudged.ts";
 // Not source.ts: a --manifests run never needs the Kubernetes source.
 import { DEFAULT_STALL_TIMEOUT_MS } from "../k8s/watch_transport.ts";
 import { DEFAULT_ABSENT_RECHECK_MS } from "../k8s/kinds.ts";
-import { flagHelp, type FlagSpec, parseDuration, parseFlags, UsageError } from "./args.ts";
+import { flagHelp, type FlagSpec, intFlag, parseDuration, parseFlags, UsageError } from "./args.ts";
 import { LocalPodAddresses, parsePodCIDRs, type UnknownPodMembers } from "../policy/local_pods.ts";
 import { DEFAULT_UNKNOWN_POD_TIMEOUT_MS } from "../verdict/held_verdicts.ts";
 import { InterfaceAddressWatch } from "./interface_addresses.ts";
@@ -132,17 +132,6 @@ export interface RunOptions {
   crdRecheckIntervalMs: number;
   /** The kernel verdict cache; undefined with --verdict-cache=false. */
   verdictCache?: VerdictCacheRuleOptions;
-}
-
-function intFlag(values: Record<string, unknown>, name: string, min: number, max: number): number {
-  const text = String(values[name]);
-  const n = Number(text);
-  if (!Number.isInteger(n) || n < min || n > max) {
-    throw new UsageError(
-      `--${name} must be an integer from ${min} to ${max}, not ${JSON.stringify(text)}`,
-    );
-  }
-  return n;
 }
 
 /** `--log-format`, or its Kubernetes spelling `--logging-format`; both given must agree. */

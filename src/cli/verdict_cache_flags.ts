@@ -13,7 +13,7 @@ import {
 } from "../rules/verdict_cache_rules.ts";
 import type { RuleBackend } from "../rules/backend.ts";
 import type { VerdictLoopOptions } from "../verdict/verdict_protocol.ts";
-import { type FlagSpec, parseDuration, UsageError } from "./args.ts";
+import { type FlagSpec, intFlag, parseDuration, UsageError } from "./args.ts";
 
 export const VERDICT_CACHE_FLAGS: FlagSpec = {
   "verdict-cache": { type: "boolean", default: true },
@@ -55,9 +55,9 @@ export function parseVerdictCacheFlags(
     );
   }
   const cache: VerdictCacheRuleOptions = {
-    mark: integer(values, "verdict-cache-mark", 1, 0xffffffff),
+    mark: intFlag(values, "verdict-cache-mark", 1, 0xffffffff),
     timeoutSeconds: timeoutMs / 1000,
-    maxEntries: integer(values, "verdict-cache-max-entries", 1, 1 << 24),
+    maxEntries: intFlag(values, "verdict-cache-max-entries", 1, 1 << 24),
     denies: values["verdict-cache-denies"] !== false,
   };
   try {
@@ -66,17 +66,6 @@ export function parseVerdictCacheFlags(
     throw new UsageError(`--verdict-cache-mark: ${(e as Error).message}`);
   }
   return cache;
-}
-
-function integer(values: Record<string, unknown>, name: string, min: number, max: number): number {
-  const text = String(values[name]);
-  const n = Number(text);
-  if (!Number.isInteger(n) || n < min || n > max) {
-    throw new UsageError(
-      `--${name} must be an integer from ${min} to ${max}, not ${JSON.stringify(text)}`,
-    );
-  }
-  return n;
 }
 
 /** What the verdict worker needs to know about the cache, for the backend the rules chose. */
