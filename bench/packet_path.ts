@@ -7,7 +7,6 @@
  *              that fills it: the first connection is judged, the rest answered in the kernel,
  *   deno       kube-netpol's VerdictLoop judging every first packet (policy selects the server
  *              and allows the client), cache off, batching up to 64 verdicts per send,
- *   deno-poll  the same with busy polling (50 us) before each blocking recv,
  *   c          the minimal C loop of nfq_reference.c (libnetfilter_queue, one verdict per packet),
  * and with `--contenders all` also
  *   deno-b1    the loop answering each packet with its own send (no batching),
@@ -125,9 +124,9 @@ const PHASES: Phase[] = [
   { name: "2 threads", threads: 2, rate: 0 },
   { name: "~1000 conn/s", threads: 1, rate: 1000 },
 ];
-const ALL_CONTENDERS = ["none", "cache", "deno", "deno-poll", "c", "deno-b1", "deno-2q"] as const;
+const ALL_CONTENDERS = ["none", "cache", "deno", "c", "deno-b1", "deno-2q"] as const;
 type Contender = (typeof ALL_CONTENDERS)[number];
-const DEFAULT_CONTENDERS: Contender[] = ["none", "cache", "deno", "deno-poll", "c"];
+const DEFAULT_CONTENDERS: Contender[] = ["none", "cache", "deno", "c"];
 const QUEUES: Record<Exclude<Contender, "none">, number> = {
   deno: 3101,
   "deno-b1": 3102,
@@ -135,10 +134,8 @@ const QUEUES: Record<Exclude<Contender, "none">, number> = {
   // Two loops, on 3104 and 3105, flows spread between them by the kernel (--queue-balance).
   "deno-2q": 3104,
   cache: 3106,
-  "deno-poll": 3107,
 };
 const CACHE = { mark: 0x200000, timeoutSeconds: 60, maxEntries: 65536, denies: true };
-const BUSY_POLL_MICROS = 50;
 const MARK = 0x100000;
 const NODE = "bench-node";
 
@@ -222,12 +219,10 @@ interface Ratios {
   cacheOverNone: number;
   denoOverNone: number;
   denoOverC: number;
-  pollOverC: number;
   unbatchedOverC: number;
   twoQueuesOverC: number;
   addedP50UsCache: number;
   addedP50UsDeno: number;
-  addedP50UsPoll: number;
   addedP50UsC: number;
 }
 
@@ -256,15 +251,14 @@ export function formatPacketPath(r: PacketPathReport): string {
     const q = ratios[phase]!;
     lines.push(`  ${phase.padEnd(13)} ${line.join("  ")}`);
     lines.push(
-      `  ${"".padEnd(13)} cache/none ${x(q.cacheOverNone)}  deno/c ${x(q.denoOverC)}  ` +
-        `deno-poll/c ${x(q.pollOverC)}` +
+      `  ${"".padEnd(13)} cache/none ${x(q.cacheOverNone)}  deno/c ${x(q.denoOverC)}` +
         (contenders.includes("deno-b1") ? `  deno-b1/c ${x(q.unbatchedOverC)}` : "") +
         (contenders.includes("deno-2q") ? `  deno-2q/c ${x(q.twoQueuesOverC)}` : ""),
     );
     lines.push(
       `  ${"".padEnd(13)} added p50: cache ${us(q.addedP50UsCache)}, deno ${
         us(q.addedP50UsDeno)
-      }, deno-poll ${us(q.addedP50UsPoll)}, c ${us(q.addedP50UsC)}`,
+      }, c ${us(q.addedP50UsC)}`,
     );
   }
   if (change) {
@@ -341,7 +335,6 @@ async function main(): Promise<void> {
       [3104, { maxBatch: 64 }],
       [3105, { maxBatch: 64 }],
       [QUEUES.cache, { maxBatch: 64, verdictCache: cache }],
-      [QUEUES["deno-poll"], { maxBatch: 64, busyPollMicros: BUSY_POLL_MICROS }],
     ];
     let cacheAgent: VlAgent | undefined;
     for (const [queueId, extra] of loops) {
@@ -420,12 +413,10 @@ async function main(): Promise<void> {
         cacheOverNone: ratio(s.cache, s.none),
         denoOverNone: ratio(s.deno, s.none),
         denoOverC: ratio(s.deno, s.c),
-        pollOverC: ratio(s["deno-poll"], s.c),
         unbatchedOverC: ratio(s["deno-b1"], s.c),
         twoQueuesOverC: ratio(s["deno-2q"], s.c),
         addedP50UsCache: added(s.cache, s.none),
         addedP50UsDeno: added(s.deno, s.none),
-        addedP50UsPoll: added(s["deno-poll"], s.none),
         addedP50UsC: added(s.c, s.none),
       }]),
     );

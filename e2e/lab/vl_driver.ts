@@ -109,8 +109,6 @@ export class VlAgent {
       copyRange?: number;
       /** The kernel verdict cache (the product's rules must be installed: productRules). */
       verdictCache?: WorkerCacheOptions;
-      /** VerdictLoopOptions.busyPollMicros. */
-      busyPollMicros?: number;
     },
   ): Promise<VlAgent> {
     const child = lab.spawn(lab.nodeNetns, [
@@ -128,7 +126,6 @@ export class VlAgent {
       String(opts.copyRange ?? 0),
       JSON.stringify({
         ...(opts.verdictCache ? { verdictCache: opts.verdictCache } : {}),
-        ...(opts.busyPollMicros ? { busyPollMicros: opts.busyPollMicros } : {}),
       }),
     ], { stdin: "piped", stdout: "piped", stderr: "inherit" });
     const agent = new VlAgent(child);

@@ -46,11 +46,6 @@ export interface VerdictLoopOptions {
   strictCutMark?: number;
   /** The kernel verdict cache (verdict_cache.ts); absent: off. */
   verdictCache?: WorkerCacheOptions;
-  /**
-   * Before blocking in recv, poll without blocking for this long (microseconds) while traffic
-   * flows, so packets need no thread wake-up; 0 (default) blocks at once.
-   */
-  busyPollMicros?: number;
 }
 
 export interface WorkerCacheOptions {

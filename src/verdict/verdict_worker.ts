@@ -76,8 +76,6 @@ const HEARTBEAT_EVERY_MS = 100;
  * hundred bytes are normally touched.
  */
 const RECV_BUFFER_BYTES = 0x10000 + 4096;
-/** Busy polling (VerdictLoopOptions.busyPollMicros) only within this long after a packet. */
-const BUSY_POLL_AFTER_MS = 10;
 /** Longest wait for the kernel's answer to a cache flush (it normally comes inside the send). */
 const CACHE_FLUSH_WAIT_MS = 50;
 
@@ -295,9 +293,6 @@ class VerdictTurns implements NetlinkSink {
   private heldSeen = { generation: -1, addresses: -1 };
   private readonly cacheMark: number;
   private readonly cacheDenies: boolean;
-  private readonly busyPollMs: number;
-  /** performance.now() when a packet last arrived (busy polling only follows traffic). */
-  private lastPacketAt = -Infinity;
 
   constructor(
     private readonly queue: NfQueue,
@@ -315,7 +310,6 @@ class VerdictTurns implements NetlinkSink {
       judge.unknownEndpoint = (ip) => local.isUnknown(ip);
       judge.unknownVersion = () => localAddressesVersion;
     }
-    this.busyPollMs = (opts.busyPollMicros ?? 0) / 1000;
     this.cacheMark = opts.verdictCache?.mark ?? 0;
     this.cacheDenies = opts.verdictCache?.denies ?? false;
   }
@@ -342,7 +336,7 @@ class VerdictTurns implements NetlinkSink {
   /** Read what the kernel queued (waiting for the first datagram), judging each packet. */
   drain(): void {
     const { queue, buf, maxBatch } = this;
-    let n = this.busyPollMs > 0 ? this.poll() : queue.recv(buf);
+    let n = queue.recv(buf);
     let got = 0;
     while (n > 0) {
       this.started = performance.now();
@@ -355,29 +349,6 @@ class VerdictTurns implements NetlinkSink {
       if (got === 1) this.drainPays = n > 0;
     }
     if (n === RECV_OVERRUN) this.overruns++;
-  }
-
-  /**
-   * Non-blocking reads for up to busyPollMs before the blocking one: a packet arriving meanwhile
-   * is taken without the wake-up of a sleeping thread. Only while packets came recently (within
-   * BUSY_POLL_AFTER_MS): an idle loop blocks at once and costs no CPU.
-   */
-  private poll(): number {
-    const { queue, buf } = this;
-    const start = performance.now();
-    if (start - this.lastPacketAt < BUSY_POLL_AFTER_MS) {
-      const until = start + this.busyPollMs;
-      do {
-        const n = queue.recv(buf, true);
-        if (n !== 0) return this.got(n);
-      } while (performance.now() < until);
-    }
-    return this.got(queue.recv(buf));
-  }
-
-  private got(n: number): number {
-    if (n > 0) this.lastPacketAt = performance.now();
-    return n;
   }
 
   /** Answer every packet of this turn with one send(). */
