@@ -8,18 +8,15 @@
  *   deno task test:lab e2e/lab/cache_flush_test.ts (or its flags on this one file)
  */
 import assert from "node:assert/strict";
-import { type CommandRunner, denoCommandRunner } from "../../src/rules/command.ts";
+import { denoCommandRunner } from "../../src/rules/command.ts";
 import { renderNftInstall } from "../../src/rules/nftables.ts";
-import { VERDICT_LOOP_PERMISSIONS } from "./vl_driver.ts";
+import { netnsRunner, VERDICT_LOOP_PERMISSIONS } from "./vl_driver.ts";
 import { labTest } from "./harness.ts";
 
 const NS = `knpcf-${Deno.pid}`;
 const PROBE = new URL("./cache_flush_probe.ts", import.meta.url).pathname;
 
-const inNs: CommandRunner = {
-  run: (cmd, args, stdin) =>
-    denoCommandRunner.run("ip", ["netns", "exec", NS, cmd, ...args], stdin),
-};
+const inNs = netnsRunner(NS);
 
 async function must(cmd: string, args: string[], stdin?: string): Promise<string> {
   const r = await inNs.run(cmd, args, stdin);

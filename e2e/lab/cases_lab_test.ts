@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { loadCases } from "../cases/format.ts";
 import { CASES_DIR, LabCaseRunner } from "./cases_lab.ts";
+import { listNetns } from "./topology.ts";
 
 const root = Deno.uid() === 0;
 const cases = await loadCases(CASES_DIR);
@@ -38,8 +39,6 @@ Deno.test({
     assert.ok(runner, "the lab did not start");
     const prefix = runner.lab.prefix;
     await runner.stop();
-    const out = await new Deno.Command("ip", { args: ["netns", "list"], stdout: "piped" }).output();
-    const left = new TextDecoder().decode(out.stdout);
-    assert.ok(!left.includes(`${prefix}-`), `lab namespaces ${prefix}-* removed`);
+    assert.deepEqual(await listNetns(prefix), [], `lab namespaces ${prefix}-* removed`);
   },
 });

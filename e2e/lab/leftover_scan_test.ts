@@ -9,7 +9,8 @@
  */
 import assert from "node:assert/strict";
 import type { RuleOptions } from "../../src/rules/backend.ts";
-import { type CommandRunner, denoCommandRunner } from "../../src/rules/command.ts";
+import { denoCommandRunner } from "../../src/rules/command.ts";
+import { netnsRunner } from "./vl_driver.ts";
 import { IptablesBackend } from "../../src/rules/iptables.ts";
 import { agentDenoFlags } from "../../src/cli/permissions.ts";
 import { runPermissionsHere } from "../../src/cli/run_permissions.ts";
@@ -27,10 +28,7 @@ function isRoot(): boolean {
   }
 }
 
-const inNs: CommandRunner = {
-  run: (cmd, args, stdin) =>
-    denoCommandRunner.run("ip", ["netns", "exec", NS, cmd, ...args], stdin),
-};
+const inNs = netnsRunner(NS);
 
 async function must(cmd: string, args: string[], stdin?: string): Promise<string> {
   const r = await inNs.run(cmd, args, stdin);

@@ -18,7 +18,7 @@ import assert from "node:assert/strict";
 import { loadCases } from "../cases/format.ts";
 import { LabCaseRunner, TIER_CASES_DIR } from "./cases_lab.ts";
 import { probeFrom, type ProbeTarget } from "./probe.ts";
-import type { Lab } from "./topology.ts";
+import { type Lab, listNetns } from "./topology.ts";
 import type { ClusterNetworkPolicy } from "../../src/policy/types.ts";
 import { readIptablesSave } from "../../src/rules/iptables_check.ts";
 
@@ -204,7 +204,6 @@ Deno.test({
     assert.ok(runner, "the lab did not start");
     const prefix = runner.lab.prefix;
     await runner.stop();
-    const out = await new Deno.Command("ip", { args: ["netns", "list"], stdout: "piped" }).output();
-    assert.ok(!new TextDecoder().decode(out.stdout).includes(`${prefix}-`), "lab netns removed");
+    assert.deepEqual(await listNetns(prefix), [], "lab netns removed");
   },
 });

@@ -26,20 +26,13 @@ import {
   reprobeInconclusive,
 } from "./probe.ts";
 import { startServers } from "./servers.ts";
-import { cleanupStaleLabs, createLab, type Lab, run } from "./topology.ts";
+import { cleanupStaleLabs, createLab, type Lab, listNetns } from "./topology.ts";
 import { CASES_DIR, LabCaseRunner, TIER_CASES_DIR } from "./cases_lab.ts";
 import { loadCases } from "../cases/format.ts";
 
 const root = Deno.uid() === 0;
 // Servers and agents outlive single tests by design; lab.destroy() / runner.stop() end them.
 const shared = { sanitizeOps: false, sanitizeResources: false, ignore: !root };
-
-async function netnsLeft(prefix: string): Promise<string[]> {
-  const r = await run(["ip", "netns", "list"]);
-  return r.stdout.split("\n").map((l) => l.split(" ")[0]!).filter((n) =>
-    n.startsWith(`${prefix}-`)
-  );
-}
 
 /**
  * Probe `pairs` for each combination and compare with `expect`; an expected allow that timed out
@@ -160,7 +153,7 @@ Deno.test(
     } finally {
       await lab.destroy();
     }
-    assert.deepEqual(await netnsLeft(lab.prefix), [], "lab namespaces removed");
+    assert.deepEqual(await listNetns(lab.prefix), [], "lab namespaces removed");
   },
 );
 
@@ -450,6 +443,6 @@ Deno.test({
     assert.ok(runner, "the lab did not start");
     const prefix = runner.lab.prefix;
     await runner.stop();
-    assert.deepEqual(await netnsLeft(prefix), [], `lab namespaces ${prefix}-* removed`);
+    assert.deepEqual(await listNetns(prefix), [], `lab namespaces ${prefix}-* removed`);
   },
 });
